@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` (main job) and `make test`. Both set up a fresh
+# machine: Debian -dev packages, .venv with pinned packages, the plugin build.
+PY := .venv/bin/python
+APT_PACKAGES := libblosc-dev libzstd-dev zlib1g-dev nlohmann-json3-dev
+JOBS ?= $(shell nproc)
+
+.PHONY: all deps venv build demo test bench clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+.venv/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+venv: deps .venv/.installed
+
+build: venv
+	$(PY) setup.py -q build_plugin -j $(JOBS)
+
+demo: build
+	$(PY) -m biodali.cli demo
+
+test: build
+	$(PY) -m pytest tests -q -ra
+
+clean:
+	rm -rf build python/biodali/libbiodali.so python/biodali/_build_info.json

@@ -1,0 +1,32 @@
+// Element types of stored arrays and of reader outputs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace biodali {
+
+enum class DType : uint8_t {
+  kBool, kInt8, kInt16, kInt32, kInt64, kUInt8, kUInt16, kUInt32, kUInt64,
+  kFloat16, kFloat32, kFloat64,
+};
+
+size_t DTypeSize(DType dtype);
+const char *DTypeName(DType dtype);  // numpy spelling: "float32", "uint16", ...
+bool IsIntegral(DType dtype);        // integers and bool
+
+// Parses a numpy/zarr-v3 name ("float32", "uint16", "bool"). Returns false if unknown.
+bool ParseDTypeName(std::string_view name, DType *dtype);
+
+// Parses a zarr v2 / numpy typestr ("<f4", ">i8", "|u1", "|b1"). Returns false if unknown or
+// not a fixed-size numeric type; *big_endian tells the stored byte order.
+bool ParseTypestr(std::string_view typestr, DType *dtype, bool *big_endian);
+
+// Converts num_elements values from `src_dtype` to `dst_dtype` (native endian). Casting
+// between identical types is a memcpy.
+void ConvertElements(const void *src, DType src_dtype, void *dst, DType dst_dtype,
+                     size_t num_elements);
+
+}  // namespace biodali

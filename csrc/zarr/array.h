@@ -1,0 +1,57 @@
+// One zarr array (format 2 or 3, sharded or not) opened for concurrent reading.
+//
+// Metadata is parsed once in Open(); the codec chain is prepared once per chunk shape; reading
+// a chunk parses no JSON. Reading is thread-safe: per-thread scratch buffers, shard indices
+// cached after first use.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/dtype.h"
+
+namespace biodali::zarr {
+
+struct ArrayMetadata {
+  int zarr_format = 0;
+  std::vector<int64_t> shape;
+  // The unit decoded on its own: the inner chunk shape for sharded arrays, else the chunk shape.
+  std::vector<int64_t> read_chunk_shape;
+  // The unit stored in one file: the shard shape for sharded arrays, else the chunk shape.
+  std::vector<int64_t> storage_chunk_shape;
+  DType dtype = DType::kUInt8;
+  std::vector<std::byte> fill_value;  // one element, native endian
+  bool sharded = false;
+};
+
+class Array {
+ public:
+  virtual ~Array() = default;
+
+  // Opens the array stored in directory `path`. Throws Error naming the path for: missing
+  // metadata, unsupported dtype / codec / order / chunk grid, malformed JSON.
+  static std::shared_ptr<const Array> Open(const std::string &path);
+
+  virtual const ArrayMetadata &metadata() const = 0;
+  virtual const std::string &path() const = 0;
+
+  // Number of read chunks along each dimension (ceil(shape / read_chunk_shape)).
+  virtual std::vector<int64_t> read_grid_shape() const = 0;
+
+  // Decodes the read chunk at grid position `coords` into `dst`, which must hold exactly
+  // prod(read_chunk_shape) elements (C order, native endian; edge chunks are full size as
+  // stored). A missing chunk (or missing shard / absent inner chunk) reads as fill_value.
+  // Throws Error naming the file and problem on truncated/corrupt data or checksum mismatch.
+  virtual void DecodeReadChunk(std::span<const int64_t> coords, std::span<std::byte> dst) const = 0;
+
+  // Reads the hyper-rectangle [start, start + count) into dst (C order, native endian, stored
+  // dtype), decoding each read chunk it touches once.
+  virtual void ReadRegion(std::span<const int64_t> start, std::span<const int64_t> count,
+                          void *dst) const = 0;
+};
+
+}  // namespace biodali::zarr
