@@ -68,7 +68,8 @@ class BuildPlugin(Command):
         common = (
             ["-std=c++20", "-fPIC", "-Wall", "-Wextra", "-fvisibility=hidden"]
             + flavor_flags
-            + dali_flags
+            # DALI's headers are not -Wextra clean: include them as system headers.
+            + [("-isystem" + f[2:]) if f.startswith("-I") else f for f in dali_flags]
             + [f"-I{ROOT / 'csrc'}", f"-I{ROOT}"]
             + [f"-isystem{d}" for d in _cuda_include_dirs()]
         )

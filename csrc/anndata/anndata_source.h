@@ -1,0 +1,49 @@
+// Rows of AnnData stores (CSR or dense), concatenated in order, as a RowSource.
+// Fields: CSR -> values (stored dtype), indices (int32); dense -> the row; then one scalar per
+// obs column.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "anndata/store.h"
+#include "engine/row_source.h"
+
+namespace biodali::anndata {
+
+struct AnnDataSourceOptions {
+  std::vector<std::string> paths;
+  std::string element = "X";
+  std::vector<std::string> obs_columns;
+};
+
+class AnnDataSource final : public RowSource {
+ public:
+  explicit AnnDataSource(const AnnDataSourceOptions &options);
+
+  int64_t num_rows() const override { return row_starts_.back(); }
+  const std::vector<FieldSpec> &fields() const override { return fields_; }
+  std::shared_ptr<Window> Load(std::vector<int64_t> sorted_rows, ThreadPool &pool) const override;
+
+  MatrixKind kind() const { return groups_.front().kind; }
+  const std::vector<AnnDataGroup> &groups() const { return groups_; }
+
+ private:
+  struct Run {  // consecutive rows of one group
+    int group;
+    int64_t row_begin, row_end;  // local to the group
+    int64_t slot_begin;
+  };
+  std::vector<Run> MakeRuns(const std::vector<int64_t> &sorted_rows) const;
+  void LoadCsr(Window &window, const std::vector<Run> &runs, ThreadPool &pool) const;
+  void LoadDense(Window &window, const std::vector<Run> &runs, ThreadPool &pool) const;
+  void LoadObs(Window &window, const std::vector<Run> &runs) const;
+
+  std::vector<AnnDataGroup> groups_;
+  std::vector<int64_t> row_starts_;  // global row of each group's first row, + total
+  std::vector<FieldSpec> fields_;
+  int num_matrix_fields_ = 0;
+};
+
+}  // namespace biodali::anndata

@@ -1,0 +1,178 @@
+#include "engine/row_stream.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "common/error.h"
+
+namespace biodali {
+namespace {
+
+int DefaultThreads(int requested) {
+  if (requested > 0) return requested;
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+}  // namespace
+
+RowStream::RowStream(std::shared_ptr<const RowSource> source, StreamOptions options)
+    : source_(std::move(source)),
+      options_(options),
+      pool_(DefaultThreads(options.num_io_threads)) {
+  if (options_.prefetch_windows < 1) options_.prefetch_windows = 1;
+  const auto &shard = options_.shard;
+  if (shard.num_shards < 1 || shard.shard_id < 0 || shard.shard_id >= shard.num_shards)
+    throw Error(StrCat("invalid shard_id ", shard.shard_id, " for num_shards ", shard.num_shards));
+  if (source_->num_rows() < shard.num_shards)
+    throw Error(StrCat("the data has ", source_->num_rows(), " rows, fewer than num_shards (",
+                       shard.num_shards, ")"));
+}
+
+RowStream::~RowStream() { StopProducer(); }
+
+int64_t RowStream::ShardRows(int64_t epoch) const {
+  int v = VirtualShard(options_.shard, epoch);
+  int64_t n = source_->num_rows();
+  return ShardBegin(v + 1, options_.shard.num_shards, n) - ShardBegin(v, options_.shard.num_shards, n);
+}
+
+void RowStream::Seek(int64_t epoch, int64_t position) {
+  epoch_ = epoch;
+  position_ = position;
+  // A window already held stays valid if it covers the new position; otherwise Next() finds
+  // or restarts the producer at the right place.
+}
+
+void RowStream::Advance() {
+  if (++position_ == ShardRows(epoch_)) {
+    ++epoch_;
+    position_ = 0;
+  }
+}
+
+void RowStream::Skip() { Advance(); }
+
+RowRef RowStream::Next() {
+  if (!has_current_ || !current_.Contains(epoch_, position_)) AcquireWindowFor(epoch_, position_);
+  int64_t slot = current_.slot_of_position[position_ - current_.first_position];
+  RowRef ref{current_.window, slot, current_.window->rows[slot]};
+  Advance();
+  return ref;
+}
+
+void RowStream::AcquireWindowFor(int64_t epoch, int64_t position) {
+  has_current_ = false;
+  current_ = {};
+  if (!producer_.joinable()) StartProducer(epoch, position);
+  for (;;) {
+    LoadedWindow next;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      queue_changed_.wait(lock, [&] { return !queue_.empty() || producer_done_; });
+      if (queue_.empty()) {
+        lock.unlock();
+        StopProducer();  // finished without an error: cannot happen, but never spin
+        StartProducer(epoch, position);
+        continue;
+      }
+      next = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    queue_changed_.notify_all();
+    if (next.error) {
+      // Keep the error in the queue's place so every later call fails the same way.
+      std::exception_ptr error = next.error;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        queue_.push_front(std::move(next));
+      }
+      std::rethrow_exception(error);
+    }
+    if (next.Contains(epoch, position)) {
+      current_ = std::move(next);
+      has_current_ = true;
+      return;
+    }
+    if (!next.Before(epoch, position)) {  // the producer is ahead of us (after a Seek back)
+      StopProducer();
+      StartProducer(epoch, position);
+    }
+  }
+}
+
+void RowStream::StartProducer(int64_t epoch, int64_t position) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = false;
+    producer_done_ = false;
+    queue_.clear();
+  }
+  producer_ = std::thread([this, epoch, position] { ProducerLoop(epoch, position); });
+}
+
+void RowStream::StopProducer() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  queue_changed_.notify_all();
+  if (producer_.joinable()) producer_.join();
+  std::lock_guard<std::mutex> lock(mutex_);
+  queue_.clear();
+}
+
+void RowStream::ProducerLoop(int64_t epoch, int64_t position) {
+  const int64_t num_rows = source_->num_rows();
+  try {
+    auto plan = std::make_unique<EpochPlan>(num_rows, options_.sampler, options_.shard, epoch);
+    int64_t window = plan->WindowOfPosition(position);
+    for (;;) {
+      {
+        // Load only when there is room: at most prefetch_windows windows ahead of the consumer.
+        std::unique_lock<std::mutex> lock(mutex_);
+        queue_changed_.wait(lock, [&] {
+          return stop_ || static_cast<int>(queue_.size()) < options_.prefetch_windows;
+        });
+        if (stop_) break;
+      }
+      if (window == plan->num_windows()) {
+        ++epoch;
+        plan = std::make_unique<EpochPlan>(num_rows, options_.sampler, options_.shard, epoch);
+        window = 0;
+        continue;
+      }
+      WindowPlan wp = plan->Window(window++);
+      LoadedWindow loaded;
+      loaded.epoch = epoch;
+      loaded.first_position = wp.first_position;
+      std::vector<int32_t> order(wp.rows.size());
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return wp.rows[a] < wp.rows[b]; });
+      std::vector<int64_t> sorted_rows(wp.rows.size());
+      loaded.slot_of_position.resize(wp.rows.size());
+      for (size_t slot = 0; slot < order.size(); ++slot) {
+        sorted_rows[slot] = wp.rows[order[slot]];
+        loaded.slot_of_position[order[slot]] = static_cast<int32_t>(slot);
+      }
+      loaded.window = source_->Load(std::move(sorted_rows), pool_);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        queue_.push_back(std::move(loaded));
+      }
+      queue_changed_.notify_all();
+    }
+  } catch (...) {
+    LoadedWindow failed;
+    failed.error = std::current_exception();
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(failed));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    producer_done_ = true;
+  }
+  queue_changed_.notify_all();
+}
+
+}  // namespace biodali

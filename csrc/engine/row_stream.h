@@ -1,0 +1,98 @@
+// The stream of rows one reader (one shard) yields, epoch after epoch, with windows loaded ahead
+// on the reader's own I/O threads while the consumer works.
+//
+// Memory: at most 1 + prefetch_windows windows are held here (the one being consumed and those
+// loaded ahead); rows handed out keep their window alive until the caller drops them.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common/thread_pool.h"
+#include "engine/row_source.h"
+#include "engine/sampler.h"
+
+namespace biodali {
+
+struct StreamOptions {
+  SamplerOptions sampler;
+  ShardOptions shard;
+  int num_io_threads = 0;    // 0: one per core
+  int prefetch_windows = 1;  // windows loaded ahead of the one being consumed
+};
+
+struct RowRef {
+  std::shared_ptr<const Window> window;
+  int64_t slot = 0;
+  int64_t row = 0;
+};
+
+class RowStream {
+ public:
+  RowStream(std::shared_ptr<const RowSource> source, StreamOptions options);
+  ~RowStream();
+  RowStream(const RowStream &) = delete;
+  RowStream &operator=(const RowStream &) = delete;
+
+  const RowSource &source() const { return *source_; }
+  const StreamOptions &options() const { return options_; }
+  // Rows this shard reads in `epoch` (DALI's shard sizes).
+  int64_t ShardRows(int64_t epoch) const;
+
+  // Moves to stream position `position` of `epoch`. Cheap: no I/O until the next Next().
+  void Seek(int64_t epoch, int64_t position);
+  // The next row; blocks until its window is loaded; rethrows the loader's error.
+  RowRef Next();
+  // Advances one row without reading it.
+  void Skip();
+
+  int64_t epoch() const { return epoch_; }
+  int64_t position() const { return position_; }
+
+ private:
+  struct LoadedWindow {
+    int64_t epoch = 0;
+    int64_t first_position = 0;
+    std::shared_ptr<const Window> window;
+    std::vector<int32_t> slot_of_position;
+    std::exception_ptr error;
+    bool Contains(int64_t e, int64_t p) const {
+      return e == epoch && p >= first_position &&
+             p < first_position + static_cast<int64_t>(slot_of_position.size());
+    }
+    bool Before(int64_t e, int64_t p) const {
+      return epoch < e || (epoch == e && first_position + static_cast<int64_t>(slot_of_position.size()) <= p);
+    }
+  };
+
+  void Advance();
+  void AcquireWindowFor(int64_t epoch, int64_t position);
+  void StartProducer(int64_t epoch, int64_t position);
+  void StopProducer();
+  void ProducerLoop(int64_t epoch, int64_t position);
+
+  std::shared_ptr<const RowSource> source_;
+  StreamOptions options_;
+  ThreadPool pool_;
+
+  // Consumer side (the caller's thread).
+  int64_t epoch_ = 0, position_ = 0;
+  LoadedWindow current_;
+  bool has_current_ = false;
+
+  // Producer side.
+  std::thread producer_;
+  std::mutex mutex_;
+  std::condition_variable queue_changed_;
+  std::deque<LoadedWindow> queue_;
+  bool stop_ = false;
+  bool producer_done_ = false;
+};
+
+}  // namespace biodali
