@@ -1,0 +1,397 @@
+"""Side-by-side reader benchmark: biodali's fn.biodali.readers.anndata vs annbatch.Loader.
+
+Runs with the biodali venv, from anywhere (paths are resolved against the repository):
+
+    .venv/bin/python benchmarks/bench_reader.py                      # full size, quiet machine only
+    .venv/bin/python benchmarks/bench_reader.py --data /tmp/x.zarr --cells 20000 --runs 1 \\
+        --batch-size 1024 --out /tmp/results                         # smoke run
+
+Steps: (a) reads every file of the collection once so that all figures are for a warm page
+cache, after checking that MemAvailable can hold the collection plus --headroom-gib;
+(b) for each run and each config CHUNKxPRELOAD runs the annbatch contender, then the biodali
+contender, each as its own process (contenders/annbatch_loader.py under --annbatch-python,
+contenders/biodali_reader.py under --biodali-python), with the same seed, batch size and
+number of timed cells, and collects the JSON line each prints; (c) runs decode_ceiling.py once;
+(d) writes results/reader-<YYYYMMDD-HHMM>.json (every raw run + machine info) and
+results/reader-latest.md (medians per config), and prints the markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE / "contenders"))
+import _common  # noqa: E402
+
+DEFAULT_DATA = "/opt/benchdata/expr-1m-annbatch.zarr"
+DEFAULT_ANNBATCH_PYTHON = "../shared/tools/annbatch-env/run.sh python"
+GIB = 1 << 30
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=DEFAULT_DATA, help="annbatch DatasetCollection (default %(default)s)")
+    p.add_argument("--annbatch-python", default=DEFAULT_ANNBATCH_PYTHON,
+                   help="command running a Python that imports annbatch, split with shlex and run "
+                        "from the repository root (default: %(default)s)")
+    p.add_argument("--biodali-python", default=sys.executable,
+                   help="command running a Python that imports biodali (default: this Python)")
+    p.add_argument("--configs", default="32x256,512x32",
+                   help="comma-separated CHUNK_SIZExPRELOAD_NCHUNKS (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--cells", type=int, default=500_000, help="timed cells per contender run")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup-batches", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="run r (1-based) uses seed + r - 1")
+    p.add_argument("--num-io-threads", type=int, default=0, help="biodali num_io_threads (0: all cores)")
+    p.add_argument("--prefetch-windows", type=int, default=1, help="biodali prefetch_windows")
+    p.add_argument("--biodali-scipy", action="store_true",
+                   help="biodali contender also wraps each batch in a scipy.sparse.csr_matrix")
+    p.add_argument("--contenders", default="annbatch,biodali", help="which to run (default both)")
+    p.add_argument("--no-decode-ceiling", action="store_true")
+    p.add_argument("--headroom-gib", type=float, default=4.0,
+                   help="RAM the loaders need besides the cached collection (default %(default)s)")
+    p.add_argument("--allow-low-memory", action="store_true",
+                   help="go on when MemAvailable < collection + headroom (figures then not warm cache)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per contender process")
+    p.add_argument("--out", default=str(HERE / "results"), help="output folder (default %(default)s)")
+    args = p.parse_args(argv)
+    args.config_list = []
+    for c in args.configs.split(","):
+        try:
+            chunk, preload = (int(v) for v in c.lower().split("x"))
+        except ValueError:
+            p.error(f"--configs: {c!r} is not CHUNKxPRELOAD")
+        args.config_list.append((chunk, preload))
+    args.contender_list = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    for c in args.contender_list:
+        if c not in ("annbatch", "biodali"):
+            p.error(f"--contenders: unknown {c!r}")
+    return args
+
+
+# ------------------------------------------------------------------------------ machine ----
+
+def meminfo() -> dict:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, rest = line.split(":", 1)
+            out[key] = int(rest.split()[0]) * 1024  # kB
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_describe() -> dict:
+    def git(*a):
+        r = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
+def machine_info() -> dict:
+    mem = meminfo()
+    return {
+        "hostname": platform.node(),
+        "nproc": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model(),
+        "mem_total_bytes": mem.get("MemTotal"),
+        "mem_available_bytes": mem.get("MemAvailable"),
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+        "harness_python": sys.version.split()[0],
+    }
+
+
+# ----------------------------------------------------------------------------- page cache ----
+
+def collection_files(path: Path) -> list[Path]:
+    return sorted(p for p in Path(path).rglob("*") if p.is_file())
+
+
+def warm_page_cache(path: Path, headroom_gib: float, allow_low_memory: bool) -> dict:
+    files = collection_files(path)
+    nbytes = sum(f.stat().st_size for f in files)
+    mem = meminfo()
+    need = nbytes + int(headroom_gib * GIB)
+    enough = mem["MemAvailable"] >= need
+    msg = (f"collection {nbytes / GIB:.2f} GiB in {len(files)} files; MemAvailable "
+           f"{mem['MemAvailable'] / GIB:.2f} GiB of {mem['MemTotal'] / GIB:.2f} GiB; need "
+           f"{need / GIB:.2f} GiB (collection + {headroom_gib:g} GiB headroom)")
+    if not enough:
+        if not allow_low_memory:
+            sys.exit(f"bench_reader: not enough free RAM to keep the collection in the page cache: "
+                     f"{msg}. Free memory or pass --allow-low-memory (figures would then mix in "
+                     f"disk reads).")
+        print(f"WARNING: {msg}: the collection may not stay cached", file=sys.stderr)
+    print(f"warming the page cache: {msg}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    buf = bytearray(16 << 20)
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+    seconds = time.perf_counter() - t0
+    return {"files": len(files), "bytes": nbytes, "read_seconds": seconds,
+            "read_gb_per_s": nbytes / seconds / 1e9 if seconds > 0 else None,
+            "mem_available_before": mem["MemAvailable"], "enough_ram": enough}
+
+
+# ------------------------------------------------------------------------------ contenders ----
+
+def child_env(data: str) -> dict:
+    """The annbatch env's run.sh bind-mounts /tmp, the checkout's parent and $BENCHDATA (default
+    /opt/benchdata) into its chroot: point BENCHDATA at the data's folder when it is elsewhere."""
+    env = dict(os.environ)
+    d = Path(data)
+    visible = [Path("/tmp"), REPO.parent, Path(env.get("BENCHDATA", "/opt/benchdata"))]
+    if not any(d.is_relative_to(v) for v in visible):
+        env["BENCHDATA"] = str(d.parent)
+    return env
+
+
+def run_json(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
+    """Runs cmd from the repository root; returns its last JSON stdout line plus bookkeeping."""
+    print("  $ " + shlex.join(cmd), file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as e:
+        return {"error": f"timed out after {timeout:g} s", "command": cmd,
+                "stderr_tail": (e.stderr or b"")[-4000:].decode("utf-8", "replace")
+                if isinstance(e.stderr, bytes) else (e.stderr or "")[-4000:]}
+    wall = time.perf_counter() - t0
+    result = None
+    for line in reversed(r.stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                result = json.loads(line)
+                break
+            except json.JSONDecodeError:
+                continue
+    if r.returncode != 0 or result is None:
+        return {"error": f"exit status {r.returncode}" + ("" if result is None else " (with output)"),
+                "command": cmd, "process_seconds": wall, "stdout_tail": r.stdout[-2000:],
+                "stderr_tail": r.stderr[-4000:]}
+    result["command"] = cmd
+    result["process_seconds"] = wall
+    return result
+
+
+def contender_cmd(args, name: str, chunk: int, preload: int, seed: int) -> list[str]:
+    common = ["--data", str(args.data), "--chunk-size", str(chunk), "--preload-nchunks", str(preload),
+              "--batch-size", str(args.batch_size), "--cells", str(args.cells),
+              "--warmup-batches", str(args.warmup_batches), "--seed", str(seed)]
+    if name == "annbatch":
+        return shlex.split(args.annbatch_python) + [str(HERE / "contenders" / "annbatch_loader.py"), *common]
+    return shlex.split(args.biodali_python) + [
+        str(HERE / "contenders" / "biodali_reader.py"), *common,
+        "--num-io-threads", str(args.num_io_threads), "--prefetch-windows", str(args.prefetch_windows),
+        *(["--scipy"] if args.biodali_scipy else [])]
+
+
+def short(res: dict) -> str:
+    if "error" in res:
+        return f"FAILED ({res['error']}): {res.get('stderr_tail', '').strip().splitlines()[-1:] }"
+    return (f"{res['cells_per_s']:,.0f} cells/s, peak RSS {res['peak_rss_bytes'] / GIB:.2f} GiB, "
+            f"{res['nnz_per_cell']:,.0f} nnz/cell, {res['cpu_seconds'] / res['seconds']:.2f} cores busy")
+
+
+# -------------------------------------------------------------------------------- report ----
+
+def _median(runs: list[dict], key: str):
+    vals = [r[key] for r in runs if "error" not in r and key in r]
+    return statistics.median(vals) if vals else None
+
+
+def _fmt_rate(v):
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def _fmt_gib(v):
+    return "n/a" if v is None else f"{v / GIB:.2f} GiB"
+
+
+def _fmt_pct(v):
+    return "n/a" if v is None else f"{100 * v:.0f}%"
+
+
+def render_markdown(report: dict) -> str:
+    a = report["args"]
+    m = report["machine"]
+    cache = report.get("page_cache") or {}
+    ceiling = report.get("decode_ceiling") or {}
+    ceil_cps = ceiling.get("cells_per_s") if "error" not in ceiling else None
+    versions = report.get("versions", {})
+    data_line = f"- Data: `{a['data']}`"
+    if isinstance(report.get("n_obs"), int):
+        data_line += (f" ({report['n_obs']:,} cells x {report['n_vars']:,} genes, "
+                      f"{cache.get('bytes', 0) / GIB:.2f} GiB on disk)")
+    lines = [
+        f"# Reader benchmark: biodali vs annbatch ({report['started']})",
+        "",
+        data_line,
+        "- **Warm page cache**: every file of the collection was read once before the runs "
+        f"({cache.get('read_gb_per_s') or 0:.2f} GB/s for that first read; "
+        f"enough RAM to keep it cached: {cache.get('enough_ram')}).",
+        f"- batch_size {a['batch_size']}, {a['cells']:,} timed cells per run after "
+        f"{a['warmup_batches']} warm-up batches, {a['runs']} runs per config, annbatch then biodali "
+        "interleaved in each run, each in its own process; shuffle on in both.",
+        f"- Machine: {m['cpu_model']}, {m['nproc']} cores, {m['mem_total_bytes'] / GIB:.1f} GiB RAM, "
+        f"load average at start {m['loadavg_at_start'][0]:.2f}.",
+        "- annbatch: `annbatch.Loader(batch_size, chunk_size, preload_nchunks, shuffle=True, "
+        "preload_to_gpu=False).use_collection(DatasetCollection(path), load_adata=X only)` with "
+        f"codec pipeline `{versions.get('annbatch_codec_pipeline', '?')}`; yields scipy CSR.",
+        f"- biodali: `fn.biodali.readers.anndata(random_shuffle=True, chunk_size, preload_chunks, "
+        f"num_io_threads={a['num_io_threads']}, prefetch_windows={a['prefetch_windows']})` in a CPU "
+        "DALI pipeline (num_threads = cores, prefetch_queue_depth 2); batches as CSR numpy arrays"
+        + (" wrapped in scipy.sparse.csr_matrix." if a.get("biodali_scipy") else
+           " (data, indices, indptr) via biodali.batch.ragged_to_flat."),
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.get("packages", {}).items())),
+    ]
+    if ceil_cps:
+        lines.append(
+            f"- Decode ceiling ({ceiling['num_threads']} threads, blosc decode of dataset_0's first "
+            f"shard of X/data + X/indices from memory, best of 3): {ceiling['gb_per_s']:.2f} GB/s = "
+            f"{ceil_cps:,.0f} cells/s at {ceiling['nnz_per_cell']:,.0f} nnz/cell.")
+    elif ceiling:
+        lines.append(f"- Decode ceiling: failed ({ceiling.get('error')}).")
+    if m["loadavg_at_start"][0] > 0.25 * (m["nproc"] or 1):
+        lines.append(f"- **Warning**: load average {m['loadavg_at_start'][0]:.2f} at start: the "
+                     "machine was not quiet; timings are not representative.")
+    lines.append("")
+    for cfg in report["configs"]:
+        chunk, preload = cfg["chunk_size"], cfg["preload_nchunks"]
+        lines += [f"## chunk_size={chunk}, preload_nchunks={preload} "
+                  f"(window {chunk * preload:,} rows)", "",
+                  "| contender | median cells/s | per run | median peak RSS | RSS before 1st batch "
+                  "| cores busy | of decode ceiling |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        med = {}
+        for name in report["args"]["contender_list"]:
+            runs = cfg["runs"][name]
+            cps = _median(runs, "cells_per_s")
+            med[name] = cps
+            per_run = " / ".join("failed" if "error" in r else f"{r['cells_per_s']:,.0f}" for r in runs)
+            busy = [r["cpu_seconds"] / r["seconds"] for r in runs if "error" not in r]
+            share = cps / ceil_cps if (cps and ceil_cps) else None
+            busy_s = f"{statistics.median(busy):.2f}" if busy else "n/a"
+            lines.append(f"| {name} | {_fmt_rate(cps)} | {per_run} | "
+                         f"{_fmt_gib(_median(runs, 'peak_rss_bytes'))} | "
+                         f"{_fmt_gib(_median(runs, 'rss_before_first_batch_bytes'))} | {busy_s} | "
+                         f"{_fmt_pct(share)} |")
+        if med.get("annbatch") and med.get("biodali"):
+            lines += ["", f"**biodali / annbatch: {med['biodali'] / med['annbatch']:.2f}x** (ratio of medians)"]
+        errors = [r for name in cfg["runs"] for r in cfg["runs"][name] if "error" in r]
+        if errors:
+            lines += ["", f"{len(errors)} contender run(s) failed; see the JSON file for their stderr."]
+        lines.append("")
+    lines += ["Columns: cells/s over the timed cells (after warm-up); peak RSS = the contender "
+              "process's ru_maxrss; RSS before 1st batch = after building the loader/pipeline "
+              "(libraries, metadata); cores busy = process CPU time / wall time of the timed part; "
+              "of decode ceiling = median cells/s / decode-ceiling cells/s.", ""]
+    lines += ["Produced by:", "", "```", report["command_line"], "```",
+              "", f"Raw runs: `{report['json_file']}`", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- main ----
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.data = str(Path(args.data).resolve())
+    out_dir = Path(args.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now()
+    report = {
+        "started": started.strftime("%Y-%m-%d %H:%M"),
+        "command_line": f"cd {shlex.quote(os.getcwd())} && " + shlex.join([sys.executable, *sys.argv]),
+        "args": {k: v for k, v in vars(args).items()},
+        "machine": machine_info(),
+        "git": git_describe(),
+        "notes": "All figures are for a warm page cache (the collection was read once first).",
+    }
+    try:
+        report["n_obs"], report["n_vars"] = _common.x_shape(args.data)
+    except Exception as e:  # noqa: BLE001
+        sys.exit(f"bench_reader: {args.data} is not a readable AnnData/annbatch store: {e}")
+
+    report["page_cache"] = warm_page_cache(Path(args.data), args.headroom_gib, args.allow_low_memory)
+
+    env = child_env(args.data)
+    report["configs"] = [{"chunk_size": c, "preload_nchunks": p, "runs": {n: [] for n in args.contender_list}}
+                         for c, p in args.config_list]
+    for run in range(1, args.runs + 1):
+        seed = args.seed + run - 1
+        for cfg in report["configs"]:
+            for name in args.contender_list:
+                print(f"run {run}/{args.runs} chunk_size={cfg['chunk_size']} "
+                      f"preload_nchunks={cfg['preload_nchunks']} {name}:", file=sys.stderr, flush=True)
+                res = run_json(contender_cmd(args, name, cfg["chunk_size"], cfg["preload_nchunks"], seed),
+                               args.timeout, env)
+                res["run"] = run
+                cfg["runs"][name].append(res)
+                print(f"  {short(res)}", file=sys.stderr, flush=True)
+
+    if not args.no_decode_ceiling:
+        print("decode ceiling:", file=sys.stderr, flush=True)
+        report["decode_ceiling"] = run_json(
+            shlex.split(args.biodali_python) + [str(HERE / "decode_ceiling.py"), "--data", args.data],
+            args.timeout, env)
+        dc = report["decode_ceiling"]
+        print("  " + (f"{dc['gb_per_s']:.2f} GB/s, {dc['cells_per_s']:,.0f} cells/s" if "error" not in dc
+                      else f"FAILED: {dc['error']}"), file=sys.stderr, flush=True)
+
+    packages, codec_pipeline = {}, None
+    for cfg in report["configs"]:
+        for runs in cfg["runs"].values():
+            for r in runs:
+                if "error" in r:
+                    continue
+                for k, v in (r.get("versions") or {}).items():
+                    packages.setdefault(k if r["contender"] == "biodali" or k == "annbatch"
+                                        else f"{k} (annbatch env)", v)
+                codec_pipeline = codec_pipeline or r.get("codec_pipeline")
+    report["versions"] = {"packages": packages, "annbatch_codec_pipeline": codec_pipeline}
+    report["finished"] = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+    json_file = out_dir / f"reader-{started.strftime('%Y%m%d-%H%M')}.json"
+    n = 2
+    while json_file.exists():  # two runs within a minute: keep both
+        json_file = out_dir / f"reader-{started.strftime('%Y%m%d-%H%M')}-{n}.json"
+        n += 1
+    report["json_file"] = str(json_file.relative_to(REPO) if json_file.is_relative_to(REPO) else json_file)
+    json_file.write_text(json.dumps(report, indent=1) + "\n")
+    md = render_markdown(report)
+    (out_dir / "reader-latest.md").write_text(md)
+    print(md)
+    failed = any("error" in r for cfg in report["configs"] for runs in cfg["runs"].values() for r in runs)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Shared by the contender scripts (stdlib only: it runs under both the biodali venv and the
+annbatch env's Python 3.13): the command-line protocol, store metadata and the JSON result line.
+
+Protocol: each contender builds its loader, iterates ``--warmup-batches`` batches untimed, then
+times batches until at least ``--cells`` cells were yielded (every batch ends as CSR arrays in
+host memory) and prints exactly one JSON line on stdout (diagnostics go to stderr)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def parse_args(extra=None, argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", required=True, help="annbatch DatasetCollection (or AnnData zarr store)")
+    p.add_argument("--chunk-size", type=int, required=True)
+    p.add_argument("--preload-nchunks", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--cells", type=int, default=500_000, help="cells to time (after warm-up)")
+    p.add_argument("--warmup-batches", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    if extra is not None:
+        extra(p)
+    return p.parse_args(argv)
+
+
+def _attrs(node: Path) -> dict:
+    """Attributes of a zarr v3 (zarr.json) or v2 (.zattrs) node."""
+    if (node / "zarr.json").exists():
+        return json.loads((node / "zarr.json").read_text()).get("attributes", {})
+    if (node / ".zattrs").exists():
+        return json.loads((node / ".zattrs").read_text())
+    raise FileNotFoundError(f"{node} is not a zarr group/array (no zarr.json or .zattrs)")
+
+
+def dataset_groups(path) -> list[Path]:
+    """The AnnData groups of a store: dataset_0..N of an annbatch collection, else the store."""
+    root = Path(path)
+    if _attrs(root).get("encoding-type") == "annbatch-preshuffled":
+        keys = [p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("dataset_")]
+        return [root / k for k in sorted(keys, key=lambda k: int(k.split("_", 1)[1]))]
+    return [root]
+
+
+def x_shape(path) -> tuple[int, int]:
+    """(total rows over all datasets, n_vars) of X."""
+    shapes = [_attrs(g / "X").get("shape") for g in dataset_groups(path)]
+    if any(s is None for s in shapes):
+        raise ValueError(f"{path}: X is not a sparse group with a 'shape' attribute")
+    return sum(int(s[0]) for s in shapes), int(shapes[0][1])
+
+
+def current_rss_bytes() -> int | None:
+    """Resident set size now (Linux /proc/self/statm), e.g. after building the loader."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Timer:
+    """Wall and process CPU time (user + system, all threads) of the timed section."""
+
+    def __enter__(self):
+        self._t0, self._c0 = time.perf_counter(), os.times()
+        return self
+
+    def __exit__(self, *exc):
+        t1, c1 = time.perf_counter(), os.times()
+        self.seconds = t1 - self._t0
+        self.cpu_seconds = (c1.user - self._c0.user) + (c1.system - self._c0.system)
+        return False
+
+
+def emit(contender: str, args, cells: int, nnz: int, batches: int, timer: Timer, **extra) -> dict:
+    result = {
+        "contender": contender,
+        "cells": cells,
+        "seconds": timer.seconds,
+        "cells_per_s": cells / timer.seconds if timer.seconds > 0 else float("inf"),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_before_first_batch_bytes": getattr(args, "rss_before_first_batch", None),
+        "nnz_per_cell": nnz / cells if cells else 0.0,
+        "batches": batches,
+        "cpu_seconds": timer.cpu_seconds,
+        "chunk_size": args.chunk_size,
+        "preload_nchunks": args.preload_nchunks,
+        "batch_size": args.batch_size,
+        "warmup_batches": args.warmup_batches,
+        "seed": args.seed,
+        "python": sys.version.split()[0],
+        **extra,
+    }
+    print(json.dumps(result), flush=True)
+    return result

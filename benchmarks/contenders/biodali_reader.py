@@ -1,0 +1,104 @@
+"""biodali contender: fn.biodali.readers.anndata in a CPU-only DALI pipeline.
+
+Runs with the biodali venv (``.venv/bin/python benchmarks/contenders/biodali_reader.py ...``).
+The pipeline (batch_size=B, num_threads=os.cpu_count(), device_id=None, prefetch_queue_depth=2)
+holds one operator:
+
+    values, indices = fn.biodali.readers.anndata(
+        path=PATH, random_shuffle=True, seed=S, chunk_size=C, preload_chunks=P,
+        num_io_threads=T, prefetch_windows=W, name="reader")
+
+Each ``pipe.run()`` batch ends as host CSR arrays (data, indices, indptr) via
+``biodali.batch.ragged_to_flat`` (zero-copy views of DALI's contiguous outputs), the same form
+as annbatch's scipy CSR batches (``--scipy`` additionally wraps them in a scipy.sparse.csr_matrix).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+
+def _extra(p):
+    p.add_argument("--num-io-threads", type=int, default=0, help="0: one per core")
+    p.add_argument("--prefetch-windows", type=int, default=1)
+    p.add_argument("--scipy", action="store_true",
+                   help="also wrap every batch in a scipy.sparse.csr_matrix (index checks included)")
+
+
+def main(argv=None) -> dict:
+    args = _common.parse_args(_extra, argv)
+    import numpy as np
+
+    import biodali  # loads the plugin
+    from biodali.batch import ragged_to_flat
+    from nvidia.dali import fn, pipeline_def
+
+    n_rows, n_cols = _common.x_shape(args.data)
+
+    @pipeline_def(batch_size=args.batch_size, num_threads=os.cpu_count(), device_id=None,
+                  prefetch_queue_depth=2)
+    def pipe():
+        values, indices = fn.biodali.readers.anndata(
+            path=args.data, random_shuffle=True, seed=args.seed, chunk_size=args.chunk_size,
+            preload_chunks=args.preload_nchunks, num_io_threads=args.num_io_threads,
+            prefetch_windows=args.prefetch_windows, name="reader")
+        return values, indices
+
+    p = pipe()
+    p.build()
+    args.rss_before_first_batch = _common.current_rss_bytes()
+
+    def csr():
+        values, indices = p.run()
+        data, indptr = ragged_to_flat(values)
+        idx, _ = ragged_to_flat(indices)
+        if args.scipy:
+            import scipy.sparse as sp
+            return sp.csr_matrix((data, idx, indptr), shape=(len(indptr) - 1, n_cols))
+        return data, idx, indptr
+
+    for _ in range(args.warmup_batches):
+        batch = csr()
+    cells = nnz = batches = 0
+    with _common.Timer() as timer:
+        while cells < args.cells:
+            batch = csr()
+            if args.scipy:
+                cells += batch.shape[0]
+                nnz += batch.nnz
+            else:
+                data, idx, indptr = batch
+                cells += len(indptr) - 1
+                nnz += int(indptr[-1])
+            batches += 1
+    data_dtype = batch.dtype if args.scipy else batch[0].dtype
+    indices_dtype = batch.indices.dtype if args.scipy else batch[1].dtype
+    meta = p.reader_meta("reader")
+    return _common.emit(
+        "biodali", args, cells, nnz, batches, timer,
+        num_io_threads=args.num_io_threads, prefetch_windows=args.prefetch_windows,
+        dali_num_threads=os.cpu_count(), n_obs=n_rows, n_vars=n_cols,
+        epoch_size=meta.get("epoch_size"), data_dtype=str(data_dtype),
+        indices_dtype=str(np.dtype(indices_dtype)),
+        versions={"biodali": biodali.__version__, **_dali_version(), "numpy": np.__version__},
+        scipy_wrapped=args.scipy)
+
+
+def _dali_version() -> dict:
+    """{"nvidia-dali-<flavour>": version} of the installed DALI wheel."""
+    from importlib.metadata import distributions
+    for d in distributions():
+        name = d.metadata.get("Name", "") or ""
+        if name.lower().startswith("nvidia-dali"):
+            return {name: d.version}
+    import nvidia.dali
+    return {"nvidia-dali": nvidia.dali.__version__}
+
+
+if __name__ == "__main__":
+    main()
