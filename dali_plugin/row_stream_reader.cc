@@ -81,9 +81,6 @@ void RowStreamReader::Prefetch() {
   DataReader::Prefetch();
 }
 
-// GCC 12 reports a false -Wfree-nonheap-object inside DALI's SmallVector (TensorShape) here.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wfree-nonheap-object"
 bool RowStreamReader::SetupImpl(std::vector<dali::OutputDesc> &output_desc, const dali::Workspace &ws) {
   DataReader::SetupImpl(output_desc, ws);
   const auto &batch = GetCurrBatch();
@@ -112,8 +109,6 @@ bool RowStreamReader::SetupImpl(std::vector<dali::OutputDesc> &output_desc, cons
     output_desc.back() = {dali::uniform_list_shape(batch_size, dali::TensorShape<>{}), ::DALI_INT64};
   return true;
 }
-
-#pragma GCC diagnostic pop
 
 void RowStreamReader::RunImpl(dali::Workspace &ws) {
   const auto &batch = GetCurrBatch();

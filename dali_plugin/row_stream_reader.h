@@ -6,7 +6,11 @@
 #include <memory>
 #include <vector>
 
+// GCC 12 reports false -Wfree-nonheap-object warnings inside DALI's SmallVector-based headers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wfree-nonheap-object"
 #include "dali/operators/reader/reader_op.h"
+#pragma GCC diagnostic pop
 #include "engine/row_stream.h"
 
 namespace biodali::plugin {

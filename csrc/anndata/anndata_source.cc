@@ -143,18 +143,15 @@ std::vector<AnnDataSource::Run> AnnDataSource::MakeRuns(const std::vector<int64_
   return runs;
 }
 
-std::shared_ptr<Window> AnnDataSource::Load(std::vector<int64_t> sorted_rows, ThreadPool &pool) const {
-  auto window = std::make_shared<Window>();
-  window->rows = std::move(sorted_rows);
-  window->fields.resize(fields_.size());
-  std::vector<Run> runs = MakeRuns(window->rows);
+void AnnDataSource::Load(ThreadPool &pool, Window &window) const {
+  window.fields.resize(fields_.size());
+  std::vector<Run> runs = MakeRuns(window.rows);
   if (kind() == MatrixKind::kCsr) {
-    LoadCsr(*window, runs, pool);
+    LoadCsr(window, runs, pool);
   } else {
-    LoadDense(*window, runs, pool);
+    LoadDense(window, runs, pool);
   }
-  LoadObs(*window, runs);
-  return window;
+  LoadObs(window, runs);
 }
 
 void AnnDataSource::LoadCsr(Window &window, const std::vector<Run> &runs, ThreadPool &pool) const {

@@ -24,7 +24,7 @@ class AnnDataSource final : public RowSource {
 
   int64_t num_rows() const override { return row_starts_.back(); }
   const std::vector<FieldSpec> &fields() const override { return fields_; }
-  std::shared_ptr<Window> Load(std::vector<int64_t> sorted_rows, ThreadPool &pool) const override;
+  void Load(ThreadPool &pool, Window &window) const override;
 
   MatrixKind kind() const { return groups_.front().kind; }
   const std::vector<AnnDataGroup> &groups() const { return groups_; }

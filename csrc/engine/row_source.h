@@ -15,9 +15,10 @@ class RowSource {
   virtual ~RowSource() = default;
   virtual int64_t num_rows() const = 0;
   virtual const std::vector<FieldSpec> &fields() const = 0;
-  // Loads `sorted_rows` (ascending, unique, < num_rows()) into a window, decoding on `pool`.
+  // Fills `window` with the rows in window.rows (ascending, unique, < num_rows()), decoding on
+  // `pool`. The window may be a recycled one: reuse its buffers (Resize keeps capacity).
   // Called from one thread at a time. Throws Error naming the file on bad data.
-  virtual std::shared_ptr<Window> Load(std::vector<int64_t> sorted_rows, ThreadPool &pool) const = 0;
+  virtual void Load(ThreadPool &pool, Window &window) const = 0;
 };
 
 }  // namespace biodali

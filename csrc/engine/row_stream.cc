@@ -19,7 +19,8 @@ int DefaultThreads(int requested) {
 RowStream::RowStream(std::shared_ptr<const RowSource> source, StreamOptions options)
     : source_(std::move(source)),
       options_(options),
-      pool_(DefaultThreads(options.num_io_threads)) {
+      pool_(DefaultThreads(options.num_io_threads)),
+      window_pool_(std::make_shared<WindowPool>(options.prefetch_windows + 2)) {
   if (options_.prefetch_windows < 1) options_.prefetch_windows = 1;
   const auto &shard = options_.shard;
   if (shard.num_shards < 1 || shard.shard_id < 0 || shard.shard_id >= shard.num_shards)
@@ -149,13 +150,15 @@ void RowStream::ProducerLoop(int64_t epoch, int64_t position) {
       std::vector<int32_t> order(wp.rows.size());
       std::iota(order.begin(), order.end(), 0);
       std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return wp.rows[a] < wp.rows[b]; });
-      std::vector<int64_t> sorted_rows(wp.rows.size());
+      std::shared_ptr<Window> window_data = window_pool_->Acquire();
+      window_data->rows.resize(wp.rows.size());
       loaded.slot_of_position.resize(wp.rows.size());
       for (size_t slot = 0; slot < order.size(); ++slot) {
-        sorted_rows[slot] = wp.rows[order[slot]];
+        window_data->rows[slot] = wp.rows[order[slot]];
         loaded.slot_of_position[order[slot]] = static_cast<int32_t>(slot);
       }
-      loaded.window = source_->Load(std::move(sorted_rows), pool_);
+      source_->Load(pool_, *window_data);
+      loaded.window = std::move(window_data);
       {
         std::lock_guard<std::mutex> lock(mutex_);
         queue_.push_back(std::move(loaded));

@@ -80,6 +80,7 @@ class RowStream {
   std::shared_ptr<const RowSource> source_;
   StreamOptions options_;
   ThreadPool pool_;
+  std::shared_ptr<WindowPool> window_pool_;
 
   // Consumer side (the caller's thread).
   int64_t epoch_ = 0, position_ = 0;

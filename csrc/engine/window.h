@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -17,10 +18,12 @@ class ByteBuffer {
  public:
   ByteBuffer() = default;
   explicit ByteBuffer(size_t nbytes) { Resize(nbytes); }
+  // Keeps the old allocation when it is big enough; grows with headroom so that windows of
+  // slightly varying size settle on one allocation (fresh pages cost a fault and a zeroing each).
   void Resize(size_t nbytes) {
     if (nbytes > capacity_nbytes_) {
-      data_.reset(new std::byte[nbytes]);
-      capacity_nbytes_ = nbytes;
+      capacity_nbytes_ = nbytes + nbytes / 8;
+      data_.reset(new std::byte[capacity_nbytes_]);
     }
     nbytes_ = nbytes;
   }
@@ -65,5 +68,45 @@ struct Window {
     return n;
   }
 };
+
+// Windows handed out as shared_ptrs come back here when the last row referencing them is
+// dropped, so their buffers are reused instead of re-allocated.
+class WindowPool : public std::enable_shared_from_this<WindowPool> {
+ public:
+  explicit WindowPool(size_t max_free) : max_free_(max_free) {}
+  std::shared_ptr<Window> Acquire();
+
+ private:
+  void Release(Window *window);
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<Window>> free_;
+  size_t max_free_;
+};
+
+inline std::shared_ptr<Window> WindowPool::Acquire() {
+  std::unique_ptr<Window> window;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!free_.empty()) {
+      window = std::move(free_.back());
+      free_.pop_back();
+    }
+  }
+  if (!window) window = std::make_unique<Window>();
+  std::weak_ptr<WindowPool> pool = weak_from_this();
+  return std::shared_ptr<Window>(window.release(), [pool](Window *w) {
+    if (auto p = pool.lock()) {
+      p->Release(w);
+    } else {
+      delete w;
+    }
+  });
+}
+
+inline void WindowPool::Release(Window *window) {
+  std::unique_ptr<Window> owned(window);
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (free_.size() < max_free_) free_.push_back(std::move(owned));
+}
 
 }  // namespace biodali
