@@ -1,0 +1,21 @@
+// blosc (v1 frames, as written by numcodecs and zarr's blosc codec). The frame header records
+// the compressor (lz4, lz4hc, zstd, zlib, blosclz) and shuffle mode, so decoding needs no
+// configuration.
+#pragma once
+
+#include "codecs/codec.h"
+
+namespace biodali::codecs {
+
+class BloscCodec final : public BytesToBytesCodec {
+ public:
+  const char *name() const override { return "blosc"; }
+  void DecodeInto(ConstBytes src, Bytes dst) const override;
+  ConstBytes Decode(ConstBytes src, ScratchBuffer *scratch) const override;
+
+ private:
+  // Validates the frame against its length and returns the decoded size from the header.
+  static size_t CheckedDecodedNbytes(ConstBytes src);
+};
+
+}  // namespace biodali::codecs
