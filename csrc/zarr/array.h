@@ -52,6 +52,19 @@ class Array {
   // dtype), decoding each read chunk it touches once.
   virtual void ReadRegion(std::span<const int64_t> start, std::span<const int64_t> count,
                           void *dst) const = 0;
+
+  // Bytes of one decoded read chunk: prod(read_chunk_shape) * dtype size.
+  virtual int64_t read_chunk_nbytes() const = 0;
+
+  // Hooks for measuring decode speed apart from I/O (the "decode ceiling" benchmark):
+  // ReadEncodedReadChunk copies the still-encoded bytes of read chunk `coords` (for sharded
+  // arrays, the inner chunk's byte range) into *encoded and returns false when the chunk is
+  // missing or absent; DecodeEncodedReadChunk decodes such bytes into dst (one whole read
+  // chunk), exactly as DecodeReadChunk would after reading them.
+  virtual bool ReadEncodedReadChunk(std::span<const int64_t> coords,
+                                    std::vector<std::byte> *encoded) const = 0;
+  virtual void DecodeEncodedReadChunk(std::span<const std::byte> encoded,
+                                      std::span<std::byte> dst) const = 0;
 };
 
 }  // namespace biodali::zarr

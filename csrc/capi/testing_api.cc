@@ -1,0 +1,192 @@
+// A small C API over the zarr layer for tests and benchmarks (loaded from Python with
+// ctypes; see python/biodali/_testing.py). Every function returns 0 on success, or nonzero
+// with the error message copied (NUL-terminated, truncated to fit) into `err`.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "codecs/buffer.h"
+#include "codecs/crc32c.h"
+#include "common/error.h"
+#include "common/thread_pool.h"
+#include "zarr/array.h"
+
+#define BIODALI_API extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+using biodali::zarr::Array;
+
+void CopyString(const std::string &s, char *out, size_t cap) {
+  if (out == nullptr || cap == 0) return;
+  size_t n = std::min(s.size(), cap - 1);
+  std::memcpy(out, s.data(), n);
+  out[n] = '\0';
+}
+
+// Runs `body`, turning any exception into a nonzero return and a message; exceptions must
+// not cross the C boundary.
+template <typename F>
+int Guarded(char *err, size_t err_cap, F &&body) {
+  try {
+    body();
+    return 0;
+  } catch (const std::exception &e) {
+    CopyString(e.what(), err, err_cap);
+  } catch (...) {
+    CopyString("unknown C++ exception", err, err_cap);
+  }
+  return 1;
+}
+
+// Grid positions of the read chunks the decode-ceiling benchmark decodes: all of the first
+// shard's inner chunks when sharded (a shard is the unit a reader fetches), else the first
+// `max_chunks` chunks in C order (all when max_chunks <= 0).
+std::vector<std::vector<int64_t>> CeilingChunks(const Array &array, int64_t max_chunks) {
+  const auto &md = array.metadata();
+  std::vector<int64_t> grid = array.read_grid_shape();
+  std::vector<int64_t> extent = grid;
+  if (md.sharded) {
+    for (size_t d = 0; d < grid.size(); ++d) {
+      extent[d] = std::min(grid[d], md.storage_chunk_shape[d] / md.read_chunk_shape[d]);
+    }
+    max_chunks = 0;
+  }
+  std::vector<std::vector<int64_t>> chunks;
+  std::vector<int64_t> pos(extent.size(), 0);
+  for (int64_t e : extent) {
+    if (e == 0) return chunks;
+  }
+  for (;;) {
+    chunks.push_back(pos);
+    if (max_chunks > 0 && static_cast<int64_t>(chunks.size()) >= max_chunks) return chunks;
+    int d = static_cast<int>(pos.size()) - 1;
+    for (; d >= 0; --d) {
+      if (++pos[d] < extent[d]) break;
+      pos[d] = 0;
+    }
+    if (d < 0) return chunks;
+  }
+}
+
+std::span<std::byte> ThreadOutput(size_t nbytes) {
+  thread_local biodali::codecs::ScratchBuffer out;
+  return out.Get(nbytes);
+}
+
+}  // namespace
+
+BIODALI_API int biodali_zarr_info(const char *path, char *json_out, size_t json_cap, char *err,
+                                  size_t err_cap) {
+  return Guarded(err, err_cap, [&] {
+    auto array = Array::Open(path);
+    const auto &md = array->metadata();
+    nlohmann::json info = {
+        {"shape", md.shape},
+        {"dtype", biodali::DTypeName(md.dtype)},
+        {"read_chunk_shape", md.read_chunk_shape},
+        {"storage_chunk_shape", md.storage_chunk_shape},
+        {"sharded", md.sharded},
+        {"zarr_format", md.zarr_format},
+    };
+    std::string text = info.dump();
+    if (text.size() + 1 > json_cap) {
+      throw biodali::Error(biodali::StrCat("biodali_zarr_info: json_out needs ", text.size() + 1,
+                                           " bytes, got ", json_cap));
+    }
+    CopyString(text, json_out, json_cap);
+  });
+}
+
+BIODALI_API int biodali_zarr_read_region(const char *path, const int64_t *start,
+                                         const int64_t *count, int ndim, void *dst,
+                                         size_t dst_nbytes, char *err, size_t err_cap) {
+  return Guarded(err, err_cap, [&] {
+    auto array = Array::Open(path);
+    const auto &md = array->metadata();
+    if (ndim != static_cast<int>(md.shape.size())) {
+      biodali::FailAt(path, "region has ", ndim, " dimensions, the array ", md.shape.size());
+    }
+    size_t nbytes = biodali::DTypeSize(md.dtype);
+    for (int d = 0; d < ndim; ++d) nbytes *= static_cast<size_t>(std::max<int64_t>(count[d], 0));
+    if (nbytes != dst_nbytes) {
+      biodali::FailAt(path, "destination holds ", dst_nbytes, " bytes, the region needs ", nbytes);
+    }
+    array->ReadRegion({start, static_cast<size_t>(ndim)}, {count, static_cast<size_t>(ndim)}, dst);
+  });
+}
+
+// Decodes every read chunk of the array with `num_threads` threads sharing one Array (as the
+// reader does), chunk i of the read grid (C order) into dst + i * read_chunk_nbytes. Lets
+// tests exercise the shared shard-index and file caches under concurrency.
+BIODALI_API int biodali_zarr_read_chunks(const char *path, int num_threads, void *dst,
+                                         size_t dst_nbytes, char *err, size_t err_cap) {
+  return Guarded(err, err_cap, [&] {
+    auto array = Array::Open(path);
+    std::vector<int64_t> grid = array->read_grid_shape();
+    int64_t num_chunks = 1;
+    for (int64_t n : grid) num_chunks *= n;
+    const size_t chunk_nbytes = static_cast<size_t>(array->read_chunk_nbytes());
+    if (dst_nbytes != static_cast<size_t>(num_chunks) * chunk_nbytes) {
+      biodali::FailAt(path, "destination holds ", dst_nbytes, " bytes, ", num_chunks,
+                      " chunks need ", static_cast<size_t>(num_chunks) * chunk_nbytes);
+    }
+    biodali::ThreadPool pool(std::max(num_threads, 1), "biodali-test");
+    pool.ParallelFor(num_chunks, [&](int64_t i) {
+      std::vector<int64_t> coords(grid.size());
+      for (int64_t rest = i, d = static_cast<int64_t>(grid.size()) - 1; d >= 0; --d) {
+        coords[d] = rest % grid[d];
+        rest /= grid[d];
+      }
+      auto *out = static_cast<std::byte *>(dst) + static_cast<size_t>(i) * chunk_nbytes;
+      array->DecodeReadChunk(coords, {out, chunk_nbytes});
+    });
+  });
+}
+
+BIODALI_API int biodali_decode_ceiling(const char *array_path, int num_threads,
+                                       int64_t max_chunks, double *seconds,
+                                       int64_t *decoded_nbytes, int64_t *num_chunks, char *err,
+                                       size_t err_cap) {
+  return Guarded(err, err_cap, [&] {
+    auto array = Array::Open(array_path);
+    std::vector<std::vector<std::byte>> encoded;
+    for (const auto &coords : CeilingChunks(*array, max_chunks)) {
+      std::vector<std::byte> bytes;
+      if (array->ReadEncodedReadChunk(coords, &bytes)) encoded.push_back(std::move(bytes));
+    }
+    if (encoded.empty()) biodali::FailAt(array_path, "no stored chunks to decode");
+    const size_t chunk_nbytes = static_cast<size_t>(array->read_chunk_nbytes());
+    biodali::ThreadPool pool(std::max(num_threads, 1), "biodali-bench");
+    auto decode = [&](int64_t i) {
+      array->DecodeEncodedReadChunk(encoded[i], ThreadOutput(chunk_nbytes));
+    };
+    double best = 1e300;
+    for (int rep = 0; rep < 3; ++rep) {  // best of 3: the first also warms scratch buffers
+      auto t0 = std::chrono::steady_clock::now();
+      pool.ParallelFor(static_cast<int64_t>(encoded.size()), decode);
+      std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+      best = std::min(best, dt.count());
+    }
+    *seconds = best;
+    *num_chunks = static_cast<int64_t>(encoded.size());
+    *decoded_nbytes = *num_chunks * static_cast<int64_t>(chunk_nbytes);
+  });
+}
+
+// CRC-32C of a buffer with a chosen implementation (0 auto, 1 portable, 2 hardware), so tests
+// can check the table-driven and SSE4.2 paths against each other.
+BIODALI_API int biodali_crc32c(const void *data, size_t nbytes, int impl, uint32_t *crc,
+                               char *err, size_t err_cap) {
+  return Guarded(err, err_cap, [&] {
+    if (impl < 0 || impl > 2) throw biodali::Error("biodali_crc32c: impl must be 0, 1 or 2");
+    *crc = biodali::codecs::Crc32c({static_cast<const std::byte *>(data), nbytes},
+                                   static_cast<biodali::codecs::Crc32cImpl>(impl));
+  });
+}

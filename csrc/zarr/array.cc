@@ -1,0 +1,398 @@
+#include "zarr/array.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+#include <optional>
+#include <shared_mutex>
+#include <unordered_map>
+
+#include "codecs/buffer.h"
+#include "common/error.h"
+#include "zarr/array_spec.h"
+#include "zarr/file_io.h"
+
+namespace biodali::zarr {
+namespace {
+
+using codecs::Bytes;
+using codecs::ConstBytes;
+using codecs::ScratchBuffer;
+
+// Buffers reused by every chunk a thread reads, sized by the largest it has seen: after a
+// thread's first chunks, reading allocates nothing. They hold at most one encoded and one
+// decoded chunk per reader thread.
+struct ThreadScratch {
+  ScratchBuffer encoded;  // a chunk's bytes as read from disk
+  ScratchBuffer decoded;  // ReadRegion: one decoded chunk before its slice is copied out
+  std::string path;       // the chunk or shard file being read
+};
+
+ThreadScratch &Scratch() {
+  thread_local ThreadScratch scratch;
+  return scratch;
+}
+
+void AppendInt(std::string *out, int64_t value) {
+  char buf[24];
+  auto result = std::to_chars(buf, buf + sizeof(buf), value);
+  out->append(buf, result.ptr);
+}
+
+std::string FormatDims(std::span<const int64_t> dims) {
+  std::string out = "[";
+  for (size_t i = 0; i < dims.size(); ++i) out += StrCat(i ? ", " : "", dims[i]);
+  return out + "]";
+}
+
+// Copies the box `box` (element counts per dimension) from `src` (C-order array of shape
+// src_shape, starting at src_start) into `dst` (shape dst_shape, starting at dst_start).
+// Trailing dimensions that the box covers fully in both arrays are merged into one memcpy.
+void CopyBox(const std::byte *src, const int64_t *src_shape, const int64_t *src_start,
+             std::byte *dst, const int64_t *dst_shape, const int64_t *dst_start,
+             const int64_t *box, int ndim, size_t elem_nbytes) {
+  if (ndim == 0) {
+    std::memcpy(dst, src, elem_nbytes);
+    return;
+  }
+  int64_t src_stride[kMaxDims], dst_stride[kMaxDims];
+  src_stride[ndim - 1] = dst_stride[ndim - 1] = 1;
+  for (int d = ndim - 2; d >= 0; --d) {
+    src_stride[d] = src_stride[d + 1] * src_shape[d + 1];
+    dst_stride[d] = dst_stride[d + 1] * dst_shape[d + 1];
+  }
+  int inner = ndim - 1;
+  int64_t run = box[inner];
+  while (inner > 0 && box[inner] == src_shape[inner] && box[inner] == dst_shape[inner]) {
+    --inner;
+    run *= box[inner];
+  }
+  const size_t run_nbytes = static_cast<size_t>(run) * elem_nbytes;
+  int64_t idx[kMaxDims] = {};  // position within the box over dimensions [0, inner)
+  for (;;) {
+    int64_t src_off = 0, dst_off = 0;
+    for (int d = 0; d <= inner; ++d) {
+      int64_t i = d < inner ? idx[d] : 0;
+      src_off += (src_start[d] + i) * src_stride[d];
+      dst_off += (dst_start[d] + i) * dst_stride[d];
+    }
+    std::memcpy(dst + dst_off * static_cast<int64_t>(elem_nbytes),
+                src + src_off * static_cast<int64_t>(elem_nbytes), run_nbytes);
+    int d = inner - 1;
+    for (; d >= 0; --d) {
+      if (++idx[d] < box[d]) break;
+      idx[d] = 0;
+    }
+    if (d < 0) return;
+  }
+}
+
+class ArrayImpl final : public Array {
+ public:
+  ArrayImpl(std::string path, ArraySpec spec);
+
+  const ArrayMetadata &metadata() const override { return spec_.metadata; }
+  const std::string &path() const override { return path_; }
+  std::vector<int64_t> read_grid_shape() const override { return read_grid_; }
+  int64_t read_chunk_nbytes() const override { return read_chunk_nbytes_; }
+
+  void DecodeReadChunk(std::span<const int64_t> coords, std::span<std::byte> dst) const override;
+  void ReadRegion(std::span<const int64_t> start, std::span<const int64_t> count,
+                  void *dst) const override;
+  bool ReadEncodedReadChunk(std::span<const int64_t> coords,
+                            std::vector<std::byte> *encoded) const override;
+  void DecodeEncodedReadChunk(std::span<const std::byte> encoded,
+                              std::span<std::byte> dst) const override;
+
+ private:
+  // Where a read chunk's encoded bytes are: the file and, for sharded arrays, the range.
+  struct ChunkLocation {
+    std::shared_ptr<const ReadOnlyFile> shard;  // sharded arrays only
+    uint64_t offset = 0;
+    uint64_t nbytes = 0;
+    int64_t inner_chunk = -1;  // position inside the shard, -1 when not sharded
+  };
+
+  void CheckReadChunk(std::span<const int64_t> coords, size_t dst_nbytes) const;
+  // Writes the file path of the storage chunk (shard) at grid position `coords` into *out.
+  void StorageChunkPath(const int64_t *coords, std::string *out) const;
+  // Finds read chunk `coords` in its shard (path in Scratch().path); false when the shard is
+  // missing or the inner chunk absent.
+  bool LocateInnerChunk(std::span<const int64_t> coords, ChunkLocation *loc) const;
+  // The shard's validated index, loaded on first use; nullptr when the shard file is missing.
+  const codecs::ShardIndex *ShardIndexFor(int64_t shard_key, const std::string &path) const;
+  void DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc, Bytes dst) const;
+  void Fill(Bytes dst) const;
+
+  std::string path_;
+  ArraySpec spec_;
+  const codecs::CodecChain &read_chain_;
+  int ndim_;
+  int64_t read_chunk_nbytes_;
+  std::vector<int64_t> read_grid_;
+  std::vector<int64_t> storage_grid_;
+  bool fill_is_zero_;
+
+  mutable FileCache shard_files_{8};
+  // Shard indices cost 16 bytes per inner chunk, so all of an array's indices stay cached
+  // (the whole array's chunk count times 16 bytes); a missing shard is cached as nullopt.
+  mutable std::shared_mutex index_mutex_;
+  mutable std::unordered_map<int64_t, std::unique_ptr<const std::optional<codecs::ShardIndex>>>
+      shard_indices_;
+};
+
+ArrayImpl::ArrayImpl(std::string path, ArraySpec spec)
+    : path_(std::move(path)),
+      spec_(std::move(spec)),
+      read_chain_(spec_.codecs.read_chain()),
+      ndim_(static_cast<int>(spec_.metadata.shape.size())) {
+  const ArrayMetadata &md = spec_.metadata;
+  read_chunk_nbytes_ = static_cast<int64_t>(DTypeSize(md.dtype));
+  for (int d = 0; d < ndim_; ++d) {
+    read_chunk_nbytes_ *= md.read_chunk_shape[d];
+    read_grid_.push_back((md.shape[d] + md.read_chunk_shape[d] - 1) / md.read_chunk_shape[d]);
+    storage_grid_.push_back((md.shape[d] + md.storage_chunk_shape[d] - 1) /
+                            md.storage_chunk_shape[d]);
+  }
+  fill_is_zero_ = std::all_of(md.fill_value.begin(), md.fill_value.end(),
+                              [](std::byte b) { return b == std::byte{0}; });
+}
+
+void ArrayImpl::Fill(Bytes dst) const {
+  if (fill_is_zero_) {
+    std::memset(dst.data(), 0, dst.size());
+    return;
+  }
+  // Doubling copies: log2(n) memcpy calls instead of one per element.
+  const size_t elem_nbytes = spec_.metadata.fill_value.size();
+  std::memcpy(dst.data(), spec_.metadata.fill_value.data(), elem_nbytes);
+  for (size_t done = elem_nbytes; done < dst.size(); done *= 2) {
+    std::memcpy(dst.data() + done, dst.data(), std::min(done, dst.size() - done));
+  }
+}
+
+void ArrayImpl::StorageChunkPath(const int64_t *coords, std::string *out) const {
+  out->assign(path_);
+  if (!out->empty() && out->back() != '/') out->push_back('/');
+  const ChunkKeyEncoding &key = spec_.key_encoding;
+  if (key.v3_default) {
+    out->push_back('c');
+    for (int d = 0; d < ndim_; ++d) {
+      out->push_back(key.separator);
+      AppendInt(out, coords[d]);
+    }
+  } else if (ndim_ == 0) {
+    out->push_back('0');
+  } else {
+    for (int d = 0; d < ndim_; ++d) {
+      if (d > 0) out->push_back(key.separator);
+      AppendInt(out, coords[d]);
+    }
+  }
+}
+
+void ArrayImpl::CheckReadChunk(std::span<const int64_t> coords, size_t dst_nbytes) const {
+  bool in_grid = coords.size() == static_cast<size_t>(ndim_);
+  for (int d = 0; in_grid && d < ndim_; ++d) {
+    in_grid = coords[d] >= 0 && coords[d] < read_grid_[d];
+  }
+  if (!in_grid) {
+    FailAt(path_, "read chunk ", FormatDims(coords), " is outside the chunk grid ",
+           FormatDims(read_grid_));
+  }
+  if (dst_nbytes != static_cast<size_t>(read_chunk_nbytes_)) {
+    FailAt(path_, "destination holds ", dst_nbytes, " bytes, a read chunk needs ",
+           read_chunk_nbytes_);
+  }
+}
+
+const codecs::ShardIndex *ArrayImpl::ShardIndexFor(int64_t shard_key,
+                                                   const std::string &path) const {
+  {
+    std::shared_lock<std::shared_mutex> lock(index_mutex_);
+    auto it = shard_indices_.find(shard_key);
+    if (it != shard_indices_.end()) return it->second->has_value() ? &**it->second : nullptr;
+  }
+  // Loaded outside the lock; two threads may both load one shard's index and the first
+  // insert wins. A corrupt index is not cached, so every read of that shard reports it.
+  auto entry = std::make_unique<std::optional<codecs::ShardIndex>>();
+  if (auto file = shard_files_.Get(shard_key, path)) {
+    const codecs::ShardingCodec &sharding = *spec_.codecs.sharding;
+    uint64_t offset = 0, nbytes = 0;
+    try {
+      sharding.IndexRange(file->nbytes(), &offset, &nbytes);
+    } catch (const Error &e) {
+      FailAt(path, e.what());
+    }
+    Bytes encoded = Scratch().encoded.Get(nbytes);
+    file->ReadAt(offset, encoded, path);
+    try {
+      entry->emplace(sharding.DecodeIndex(encoded, file->nbytes()));
+    } catch (const Error &e) {
+      FailAt(path, e.what());
+    }
+  }
+  std::unique_lock<std::shared_mutex> lock(index_mutex_);
+  auto it = shard_indices_.try_emplace(shard_key, std::move(entry)).first;
+  return it->second->has_value() ? &**it->second : nullptr;
+}
+
+bool ArrayImpl::LocateInnerChunk(std::span<const int64_t> coords, ChunkLocation *loc) const {
+  const std::vector<int64_t> &per_shard = spec_.codecs.sharding->chunks_per_shard();
+  int64_t shard_coords[kMaxDims];
+  int64_t shard_key = 0;
+  loc->inner_chunk = 0;
+  for (int d = 0; d < ndim_; ++d) {
+    shard_coords[d] = coords[d] / per_shard[d];
+    shard_key = shard_key * storage_grid_[d] + shard_coords[d];
+    loc->inner_chunk = loc->inner_chunk * per_shard[d] + coords[d] % per_shard[d];
+  }
+  std::string &path = Scratch().path;
+  StorageChunkPath(shard_coords, &path);
+  const codecs::ShardIndex *index = ShardIndexFor(shard_key, path);
+  if (index == nullptr || !index->Find(loc->inner_chunk, &loc->offset, &loc->nbytes)) {
+    return false;
+  }
+  loc->shard = shard_files_.Get(shard_key, path);
+  if (!loc->shard) FailAt(path, "shard file disappeared while it was being read");
+  return true;
+}
+
+void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc,
+                              Bytes dst) const {
+  const std::string &path = Scratch().path;
+  if (read_chain_.is_plain()) {
+    // Uncompressed: the stored bytes are the elements, so read them straight into dst.
+    if (loc.nbytes != dst.size()) {
+      FailAt(path, loc.inner_chunk >= 0 ? StrCat("inner chunk ", loc.inner_chunk) : "chunk file",
+             " holds ", loc.nbytes, " bytes, expected ", dst.size(),
+             " (truncated or wrong chunk size)");
+    }
+    file.ReadAt(loc.offset, dst, path);
+    read_chain_.FinishInPlace(dst);
+    return;
+  }
+  Bytes encoded = Scratch().encoded.Get(loc.nbytes);
+  file.ReadAt(loc.offset, encoded, path);
+  try {
+    read_chain_.Decode(encoded, dst);
+  } catch (const Error &e) {
+    if (loc.inner_chunk >= 0) FailAt(path, "inner chunk ", loc.inner_chunk, ": ", e.what());
+    FailAt(path, e.what());
+  }
+}
+
+void ArrayImpl::DecodeReadChunk(std::span<const int64_t> coords, std::span<std::byte> dst) const {
+  CheckReadChunk(coords, dst.size());
+  ChunkLocation loc;
+  if (spec_.metadata.sharded) {
+    if (!LocateInnerChunk(coords, &loc)) return Fill(dst);
+    DecodeLocated(*loc.shard, loc, dst);
+    return;
+  }
+  std::string &path = Scratch().path;
+  StorageChunkPath(coords.data(), &path);
+  ReadOnlyFile file;
+  if (!file.Open(path)) return Fill(dst);
+  loc.nbytes = file.nbytes();
+  DecodeLocated(file, loc, dst);
+}
+
+bool ArrayImpl::ReadEncodedReadChunk(std::span<const int64_t> coords,
+                                     std::vector<std::byte> *encoded) const {
+  CheckReadChunk(coords, static_cast<size_t>(read_chunk_nbytes_));
+  ChunkLocation loc;
+  ReadOnlyFile file;
+  const ReadOnlyFile *source = &file;
+  std::string &path = Scratch().path;
+  if (spec_.metadata.sharded) {
+    if (!LocateInnerChunk(coords, &loc)) return false;
+    source = loc.shard.get();
+  } else {
+    StorageChunkPath(coords.data(), &path);
+    if (!file.Open(path)) return false;
+    loc.nbytes = file.nbytes();
+  }
+  encoded->resize(loc.nbytes);
+  source->ReadAt(loc.offset, Bytes(encoded->data(), encoded->size()), path);
+  return true;
+}
+
+void ArrayImpl::DecodeEncodedReadChunk(std::span<const std::byte> encoded,
+                                       std::span<std::byte> dst) const {
+  if (dst.size() != static_cast<size_t>(read_chunk_nbytes_)) {
+    FailAt(path_, "destination holds ", dst.size(), " bytes, a read chunk needs ",
+           read_chunk_nbytes_);
+  }
+  try {
+    read_chain_.Decode(encoded, dst);
+  } catch (const Error &e) {
+    FailAt(path_, e.what());
+  }
+}
+
+void ArrayImpl::ReadRegion(std::span<const int64_t> start, std::span<const int64_t> count,
+                           void *dst) const {
+  const ArrayMetadata &md = spec_.metadata;
+  bool valid = start.size() == static_cast<size_t>(ndim_) && count.size() == start.size();
+  for (int d = 0; valid && d < ndim_; ++d) {
+    valid = start[d] >= 0 && count[d] >= 0 && count[d] <= md.shape[d] - start[d];
+  }
+  if (!valid) {
+    FailAt(path_, "region start ", FormatDims(start), " count ", FormatDims(count),
+           " is outside the array shape ", FormatDims(md.shape));
+  }
+  for (int d = 0; d < ndim_; ++d) {
+    if (count[d] == 0) return;
+  }
+  const int64_t *chunk_shape = md.read_chunk_shape.data();
+  int64_t first[kMaxDims], last[kMaxDims], grid[kMaxDims];
+  for (int d = 0; d < ndim_; ++d) {
+    first[d] = grid[d] = start[d] / chunk_shape[d];
+    last[d] = (start[d] + count[d] - 1) / chunk_shape[d];
+  }
+  const size_t elem_nbytes = DTypeSize(md.dtype);
+  // A whole chunk is contiguous in dst when the region spans the chunk's full extent in every
+  // dimension but the first (always so for 1-D arrays); such chunks decode in place.
+  bool rows_contiguous = true;
+  for (int d = 1; d < ndim_; ++d) rows_contiguous &= count[d] == chunk_shape[d];
+  const int64_t dst_row_nbytes = read_chunk_nbytes_ / (ndim_ > 0 ? chunk_shape[0] : 1);
+  Bytes chunk = Scratch().decoded.Get(static_cast<size_t>(read_chunk_nbytes_));
+  for (;;) {
+    int64_t src_start[kMaxDims], dst_start[kMaxDims], box[kMaxDims];
+    bool whole_chunk = true;
+    for (int d = 0; d < ndim_; ++d) {
+      int64_t chunk_lo = grid[d] * chunk_shape[d];
+      int64_t lo = std::max(start[d], chunk_lo);
+      int64_t hi = std::min(start[d] + count[d], chunk_lo + chunk_shape[d]);
+      src_start[d] = lo - chunk_lo;
+      dst_start[d] = lo - start[d];
+      box[d] = hi - lo;
+      whole_chunk &= box[d] == chunk_shape[d];
+    }
+    const std::span<const int64_t> coords(grid, static_cast<size_t>(ndim_));
+    if (whole_chunk && rows_contiguous) {
+      int64_t offset = ndim_ > 0 ? dst_start[0] * dst_row_nbytes : 0;
+      DecodeReadChunk(coords, Bytes(static_cast<std::byte *>(dst) + offset,
+                                    static_cast<size_t>(read_chunk_nbytes_)));
+    } else {
+      DecodeReadChunk(coords, chunk);
+      CopyBox(chunk.data(), chunk_shape, src_start, static_cast<std::byte *>(dst),
+              count.data(), dst_start, box, ndim_, elem_nbytes);
+    }
+    int d = ndim_ - 1;
+    for (; d >= 0; --d) {
+      if (++grid[d] <= last[d]) break;
+      grid[d] = first[d];
+    }
+    if (d < 0) return;
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<const Array> Array::Open(const std::string &path) {
+  return std::make_shared<ArrayImpl>(path, ParseArraySpec(path));
+}
+
+}  // namespace biodali::zarr

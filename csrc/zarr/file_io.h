@@ -1,0 +1,70 @@
+// Local-file reads for chunk and shard files: positional reads of exact byte ranges, and a
+// small cache of open shard files. Errors name the file.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "codecs/buffer.h"
+
+namespace biodali::zarr {
+
+class ReadOnlyFile {
+ public:
+  ReadOnlyFile() = default;
+  ~ReadOnlyFile() { Close(); }
+  ReadOnlyFile(ReadOnlyFile &&other) noexcept
+      : fd_(std::exchange(other.fd_, -1)), nbytes_(other.nbytes_) {}
+  ReadOnlyFile &operator=(ReadOnlyFile &&other) noexcept {
+    if (this != &other) {
+      Close();
+      fd_ = std::exchange(other.fd_, -1);
+      nbytes_ = other.nbytes_;
+    }
+    return *this;
+  }
+
+  // Returns false when `path` does not exist (a missing chunk or shard reads as fill_value);
+  // Error naming the path for any other failure. A value type, so that reading one chunk
+  // file costs no heap allocation.
+  bool Open(const std::string &path);
+
+  uint64_t nbytes() const { return nbytes_; }
+
+  // Reads exactly dst.size() bytes at `offset` (pread: safe from many threads at once).
+  // `path` is only used in the Error raised when the file ends early or the read fails.
+  void ReadAt(uint64_t offset, codecs::Bytes dst, const std::string &path) const;
+
+ private:
+  void Close();
+
+  int fd_ = -1;
+  uint64_t nbytes_ = 0;
+};
+
+// Keeps the most recently used shard files open. A shard is read many times (its index once,
+// then one range per inner chunk a batch needs), and each open() is a metadata round trip
+// that costs more than the read on network filesystems. The bound keeps an array with
+// thousands of shards from exhausting file descriptors; a file evicted while a reader still
+// uses it stays open until that reader drops its shared_ptr. Unsharded chunk files are read
+// once each, so they are opened and closed per chunk instead of going through this cache.
+class FileCache {
+ public:
+  explicit FileCache(size_t capacity) : capacity_(capacity) { entries_.reserve(capacity); }
+
+  // The open file for `key` (a shard's position in the shard grid), opening `path` on a miss;
+  // nullptr when the file does not exist.
+  std::shared_ptr<const ReadOnlyFile> Get(int64_t key, const std::string &path);
+
+ private:
+  std::mutex mutex_;
+  size_t capacity_;
+  // Tiny (capacity ~8), so a vector scanned linearly beats a map; most recently used last.
+  std::vector<std::pair<int64_t, std::shared_ptr<const ReadOnlyFile>>> entries_;
+};
+
+}  // namespace biodali::zarr

@@ -1,0 +1,114 @@
+"""ctypes bindings for biodali's C testing API (csrc/capi/testing_api.cc).
+
+They expose the zarr array layer directly, without a DALI pipeline, so tests can compare it
+with zarr-python and benchmarks can measure the decode ceiling. Errors raise RuntimeError with
+the engine's message (which names the file and the problem).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import os
+
+import numpy as np
+
+import biodali
+
+_ERR_CAP = 4096
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(biodali.library_path()))
+    c_char_p, c_size_t, c_int, c_int64 = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int,
+                                          ctypes.c_int64)
+    p_i64 = ctypes.POINTER(c_int64)
+    lib.biodali_zarr_info.argtypes = [c_char_p, c_char_p, c_size_t, c_char_p, c_size_t]
+    lib.biodali_zarr_read_region.argtypes = [
+        c_char_p, p_i64, p_i64, c_int, ctypes.c_void_p, c_size_t, c_char_p, c_size_t]
+    lib.biodali_decode_ceiling.argtypes = [
+        c_char_p, c_int, c_int64, ctypes.POINTER(ctypes.c_double), p_i64, p_i64, c_char_p, c_size_t]
+    lib.biodali_zarr_read_chunks.argtypes = [
+        c_char_p, c_int, ctypes.c_void_p, c_size_t, c_char_p, c_size_t]
+    lib.biodali_crc32c.argtypes = [
+        ctypes.c_void_p, c_size_t, c_int, ctypes.POINTER(ctypes.c_uint32), c_char_p, c_size_t]
+    for fn in (lib.biodali_zarr_info, lib.biodali_zarr_read_region, lib.biodali_zarr_read_chunks,
+               lib.biodali_decode_ceiling, lib.biodali_crc32c):
+        fn.restype = c_int
+    return lib
+
+
+def _call(fn, *args) -> None:
+    err = ctypes.create_string_buffer(_ERR_CAP)
+    if fn(*args, err, _ERR_CAP) != 0:
+        raise RuntimeError(err.value.decode("utf-8", "replace"))
+
+
+def _path(path) -> bytes:
+    return os.fsencode(os.fspath(path))
+
+
+def zarr_info(path) -> dict:
+    """{"shape", "dtype", "read_chunk_shape", "storage_chunk_shape", "sharded", "zarr_format"}."""
+    out = ctypes.create_string_buffer(1 << 16)
+    _call(_lib().biodali_zarr_info, _path(path), out, len(out))
+    return json.loads(out.value.decode())
+
+
+def read_region(path, start, count) -> np.ndarray:
+    """The hyper-rectangle [start, start + count) in the stored dtype, native byte order."""
+    info = zarr_info(path)
+    start = np.ascontiguousarray(start, dtype=np.int64)
+    count = np.ascontiguousarray(count, dtype=np.int64)
+    if start.shape != count.shape or start.ndim != 1:
+        raise ValueError("start and count must be 1-D sequences of equal length")
+    out = np.empty(tuple(int(c) for c in count), dtype=np.dtype(info["dtype"]))
+    p_i64 = ctypes.POINTER(ctypes.c_int64)
+    _call(_lib().biodali_zarr_read_region, _path(path), start.ctypes.data_as(p_i64),
+          count.ctypes.data_as(p_i64), len(start), out.ctypes.data_as(ctypes.c_void_p), out.nbytes)
+    return out
+
+
+def read_array(path) -> np.ndarray:
+    """The whole array."""
+    shape = zarr_info(path)["shape"]
+    return read_region(path, [0] * len(shape), shape)
+
+
+def read_chunks(path, num_threads: int = 1) -> np.ndarray:
+    """Every read chunk, decoded by `num_threads` threads sharing one array: shape
+    (*read_grid_shape, *read_chunk_shape); edge chunks are whole, as stored."""
+    info = zarr_info(path)
+    chunk_shape = info["read_chunk_shape"]
+    grid = [-(-s // c) for s, c in zip(info["shape"], chunk_shape)]
+    out = np.empty(tuple(grid) + tuple(chunk_shape), dtype=np.dtype(info["dtype"]))
+    _call(_lib().biodali_zarr_read_chunks, _path(path), int(num_threads),
+          out.ctypes.data_as(ctypes.c_void_p), out.nbytes)
+    return out
+
+
+def decode_ceiling(path, num_threads: int, max_chunks: int = 256) -> dict:
+    """Decode-only throughput of the first shard (sharded) or first `max_chunks` chunks,
+    best of 3: {"seconds", "decoded_nbytes", "num_chunks", "gb_per_s"}."""
+    seconds = ctypes.c_double()
+    decoded_nbytes = ctypes.c_int64()
+    num_chunks = ctypes.c_int64()
+    _call(_lib().biodali_decode_ceiling, _path(path), int(num_threads), int(max_chunks),
+          ctypes.byref(seconds), ctypes.byref(decoded_nbytes), ctypes.byref(num_chunks))
+    return {
+        "seconds": seconds.value,
+        "decoded_nbytes": decoded_nbytes.value,
+        "num_chunks": num_chunks.value,
+        "gb_per_s": (decoded_nbytes.value / seconds.value / 1e9 if seconds.value > 0
+                     else float("inf")),
+    }
+
+
+def crc32c(data: bytes, impl: str = "auto") -> int:
+    """CRC-32C of `data` with the chosen implementation: "auto", "portable" or "hardware"."""
+    impl_code = {"auto": 0, "portable": 1, "hardware": 2}[impl]
+    buf = ctypes.create_string_buffer(bytes(data), len(data))
+    crc = ctypes.c_uint32()
+    _call(_lib().biodali_crc32c, buf, len(data), impl_code, ctypes.byref(crc))
+    return crc.value
