@@ -65,7 +65,7 @@ RowStreamReader::RowStreamReader(const dali::OpSpec &spec, std::shared_ptr<const
       stream_(std::make_shared<RowStream>(std::move(source), StreamOptionsFromSpec(spec))),
       fields_(stream_->source().fields()),
       return_row_index_(spec.GetArgument<bool>("return_row_index")) {
-  for (const auto &f : fields_) output_dtypes_.push_back(f.dtype);
+  for (const auto &f : fields_) output_dtypes_.push_back(f.output_dtype);
   dali::DALIDataType cast;
   if (spec.TryGetArgument(cast, "dtype") && cast != ::DALI_NO_TYPE) output_dtypes_[0] = FromDali(cast);
   loader_ = dali::InitLoader<RowStreamLoader>(spec, stream_);

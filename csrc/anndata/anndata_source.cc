@@ -36,36 +36,34 @@ bool SameStoredArray(const std::string &a, const std::string &b) {
 }
 
 template <typename T>
-void CopyIndices(const T *src, int32_t *dst, int64_t n, int64_t num_cols, const zarr::Array &array,
-                 int64_t first_element) {
-  // Converting and range-checking in one pass: the check rides on a copy we do anyway.
+void CheckIndices(const T *indices, int64_t n, int64_t num_cols, const zarr::Array &array,
+                  int64_t first_element) {
+  // A branch-free scan (vectorises); the slow search for the culprit runs only on failure.
   bool bad = false;
   for (int64_t i = 0; i < n; ++i) {
-    T v = src[i];
-    bad |= !(static_cast<int64_t>(v) >= 0 && static_cast<int64_t>(v) < num_cols);
-    dst[i] = static_cast<int32_t>(v);
+    int64_t v = static_cast<int64_t>(indices[i]);
+    bad |= (v < 0) | (v >= num_cols);
   }
-  if (bad) {
-    for (int64_t i = 0; i < n; ++i) {
-      int64_t v = static_cast<int64_t>(src[i]);
-      if (v < 0 || v >= num_cols)
-        FailAt(array.path(), "column index ", v, " at element ", first_element + i,
-               " is out of range for ", num_cols, " columns");
-    }
+  if (!bad) return;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t v = static_cast<int64_t>(indices[i]);
+    if (v < 0 || v >= num_cols)
+      FailAt(array.path(), "column index ", v, " at element ", first_element + i,
+             " is out of range for ", num_cols, " columns");
   }
 }
 
-void CopyIndicesAny(const std::byte *src, DType dtype, int32_t *dst, int64_t n, int64_t num_cols,
-                    const zarr::Array &array, int64_t first_element) {
+void CheckIndicesAny(const std::byte *p, DType dtype, int64_t n, int64_t num_cols,
+                     const zarr::Array &array, int64_t first_element) {
   switch (dtype) {
-    case DType::kUInt8: CopyIndices(reinterpret_cast<const uint8_t *>(src), dst, n, num_cols, array, first_element); break;
-    case DType::kUInt16: CopyIndices(reinterpret_cast<const uint16_t *>(src), dst, n, num_cols, array, first_element); break;
-    case DType::kUInt32: CopyIndices(reinterpret_cast<const uint32_t *>(src), dst, n, num_cols, array, first_element); break;
-    case DType::kUInt64: CopyIndices(reinterpret_cast<const uint64_t *>(src), dst, n, num_cols, array, first_element); break;
-    case DType::kInt8: CopyIndices(reinterpret_cast<const int8_t *>(src), dst, n, num_cols, array, first_element); break;
-    case DType::kInt16: CopyIndices(reinterpret_cast<const int16_t *>(src), dst, n, num_cols, array, first_element); break;
-    case DType::kInt32: CopyIndices(reinterpret_cast<const int32_t *>(src), dst, n, num_cols, array, first_element); break;
-    case DType::kInt64: CopyIndices(reinterpret_cast<const int64_t *>(src), dst, n, num_cols, array, first_element); break;
+    case DType::kUInt8: CheckIndices(reinterpret_cast<const uint8_t *>(p), n, num_cols, array, first_element); break;
+    case DType::kUInt16: CheckIndices(reinterpret_cast<const uint16_t *>(p), n, num_cols, array, first_element); break;
+    case DType::kUInt32: CheckIndices(reinterpret_cast<const uint32_t *>(p), n, num_cols, array, first_element); break;
+    case DType::kUInt64: CheckIndices(reinterpret_cast<const uint64_t *>(p), n, num_cols, array, first_element); break;
+    case DType::kInt8: CheckIndices(reinterpret_cast<const int8_t *>(p), n, num_cols, array, first_element); break;
+    case DType::kInt16: CheckIndices(reinterpret_cast<const int16_t *>(p), n, num_cols, array, first_element); break;
+    case DType::kInt32: CheckIndices(reinterpret_cast<const int32_t *>(p), n, num_cols, array, first_element); break;
+    case DType::kInt64: CheckIndices(reinterpret_cast<const int64_t *>(p), n, num_cols, array, first_element); break;
     default: FailAt(array.path(), "unsupported index dtype ", DTypeName(dtype));
   }
 }
@@ -118,13 +116,20 @@ AnnDataSource::AnnDataSource(const AnnDataSourceOptions &options) {
     row_starts_.push_back(row_starts_.back() + g.num_rows);
   }
   if (first.kind == MatrixKind::kCsr) {
-    fields_.push_back({"values", first.data->metadata().dtype, true, {}});
-    fields_.push_back({"indices", DType::kInt32, true, {}});
+    DType data_dtype = first.data->metadata().dtype;
+    // Indices stay in their stored type (converted to int32 while copying out) when all stores
+    // agree on it; mixed types are unified to int32 at load.
+    DType index_dtype = first.indices->metadata().dtype;
+    for (const auto &g : groups_)
+      if (g.indices->metadata().dtype != index_dtype) index_dtype = DType::kInt32;
+    fields_.push_back({"values", data_dtype, true, {}, data_dtype});
+    fields_.push_back({"indices", index_dtype, true, {}, DType::kInt32});
   } else {
-    fields_.push_back({"row", first.dense->metadata().dtype, false, first.row_shape});
+    DType dtype = first.dense->metadata().dtype;
+    fields_.push_back({"row", dtype, false, first.row_shape, dtype});
   }
   num_matrix_fields_ = static_cast<int>(fields_.size());
-  for (const auto &col : first.obs) fields_.push_back({col.name, col.dtype, false, {}});
+  for (const auto &col : first.obs) fields_.push_back({col.name, col.dtype, false, {}, col.dtype});
 }
 
 std::vector<AnnDataSource::Run> AnnDataSource::MakeRuns(const std::vector<int64_t> &sorted_rows) const {
@@ -171,8 +176,9 @@ void AnnDataSource::LoadCsr(Window &window, const std::vector<Run> &runs, Thread
   indices.offsets = offsets;
   const int64_t nnz = offsets.back();
   const size_t value_size = DTypeSize(fields_[0].dtype);
+  const size_t index_size = DTypeSize(fields_[1].dtype);
   values.data.Resize(nnz * value_size);
-  indices.data.Resize(nnz * sizeof(int32_t));
+  indices.data.Resize(nnz * index_size);
 
   // Plan: for each (array, chunk) the pieces the runs need; runs are in row order, so the
   // chunks of one array come in ascending order and pieces of one chunk are adjacent.
@@ -185,8 +191,8 @@ void AnnDataSource::LoadCsr(Window &window, const std::vector<Run> &runs, Thread
     for (int which = 0; which < 2; ++which) {
       const zarr::Array *array = which == 0 ? g.data.get() : g.indices.get();
       std::byte *dst_base = which == 0 ? values.data.data() + dst_element * value_size
-                                       : indices.data.data() + dst_element * sizeof(int32_t);
-      size_t dst_size = which == 0 ? value_size : sizeof(int32_t);
+                                       : indices.data.data() + dst_element * index_size;
+      size_t dst_size = which == 0 ? value_size : index_size;
       int64_t chunk_elements = array->metadata().read_chunk_shape[0];
       for (int64_t e = e_begin; e < e_end;) {
         int64_t chunk = e / chunk_elements;
@@ -208,26 +214,24 @@ void AnnDataSource::LoadCsr(Window &window, const std::vector<Run> &runs, Thread
     const ChunkTask &task = tasks[t];
     const auto &meta = task.array->metadata();
     const int64_t chunk_elements = meta.read_chunk_shape[0];
+    const DType dst_dtype = fields_[task.is_indices ? 1 : 0].dtype;
     const size_t item = DTypeSize(meta.dtype);
-    const std::byte *decoded;
     thread_local ByteBuffer scratch;
     bool whole = task.pieces.size() == 1 && task.pieces[0].num_elements == chunk_elements;
-    if (whole && !task.is_indices) {
-      // The window needs the whole chunk: decode straight into place.
+    if (whole && meta.dtype == dst_dtype) {
+      // The window needs the whole chunk in its stored type: decode straight into place.
       task.array->DecodeReadChunk({&task.chunk, 1}, {task.pieces[0].dst, chunk_elements * item});
-      return;
+    } else {
+      scratch.Resize(chunk_elements * item);
+      task.array->DecodeReadChunk({&task.chunk, 1}, {scratch.data(), chunk_elements * item});
+      for (const Piece &piece : task.pieces)
+        ConvertElements(scratch.data() + piece.chunk_offset * item, meta.dtype, piece.dst, dst_dtype,
+                        piece.num_elements);
     }
-    scratch.Resize(chunk_elements * item);
-    task.array->DecodeReadChunk({&task.chunk, 1}, {scratch.data(), chunk_elements * item});
-    decoded = scratch.data();
-    for (const Piece &piece : task.pieces) {
-      const std::byte *src = decoded + piece.chunk_offset * item;
-      if (task.is_indices) {
-        CopyIndicesAny(src, meta.dtype, reinterpret_cast<int32_t *>(piece.dst), piece.num_elements,
-                       task.num_cols, *task.array, task.chunk * chunk_elements + piece.chunk_offset);
-      } else {
-        std::memcpy(piece.dst, src, piece.num_elements * item);
-      }
+    if (task.is_indices) {
+      for (const Piece &piece : task.pieces)
+        CheckIndicesAny(piece.dst, dst_dtype, piece.num_elements, task.num_cols, *task.array,
+                        task.chunk * chunk_elements + piece.chunk_offset);
     }
   });
 }

@@ -44,6 +44,9 @@ struct FieldSpec {
   // `row_shape` elements per row (a dense row; empty shape = a scalar per row).
   bool ragged = false;
   std::vector<int64_t> row_shape;
+  // The type readers output by default; differs from `dtype` where converting while copying
+  // out is cheaper than converting at load (uint16 CSR indices -> int32).
+  DType output_dtype = DType::kFloat32;
 
   int64_t RowElements() const {
     int64_t n = 1;
