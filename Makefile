@@ -4,7 +4,7 @@ PY := .venv/bin/python
 APT_PACKAGES := libblosc-dev libzstd-dev zlib1g-dev nlohmann-json3-dev
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps venv build demo test bench clean
+.PHONY: all deps venv build demo test sanitize clean
 
 all: build
 
@@ -36,3 +36,14 @@ test: build
 
 clean:
 	rm -rf build python/biodali/libbiodali.so python/biodali/_build_info.json
+
+# ASan + UBSan build of the plugin, the reader tests run against it, then the release build back.
+# Python and DALI are not instrumented, so libasan is preloaded; leak checking is off because
+# the interpreter itself never frees everything at exit.
+SAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+sanitize: venv
+	BIODALI_BUILD_FLAVOR=asan BIODALI_CXXFLAGS="$(SAN_FLAGS)" $(PY) setup.py -q build_plugin -j $(JOBS)
+	LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(PY) -m pytest tests -q -x -p no:warnings; status=$$?; \
+	$(PY) setup.py -q build_plugin -j $(JOBS); exit $$status
