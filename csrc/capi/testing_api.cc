@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "common/thread_pool.h"
 #include "zarr/array.h"
+#include "zarr/strings.h"
 
 #define BIODALI_API extern "C" __attribute__((visibility("default")))
 
@@ -177,6 +178,96 @@ BIODALI_API int biodali_decode_ceiling(const char *array_path, int num_threads,
     *seconds = best;
     *num_chunks = static_cast<int64_t>(encoded.size());
     *decoded_nbytes = *num_chunks * static_cast<int64_t>(chunk_nbytes);
+  });
+}
+
+// Reads a whole string array. *count gets the number of items and *out_nbytes the bytes the
+// packed result needs: per item a uint32 LE byte length then its UTF-8 bytes (strings may hold
+// NUL, so they are length-prefixed rather than NUL-separated). `out` is written only when
+// out_cap >= *out_nbytes; call again with a larger buffer otherwise.
+BIODALI_API int biodali_zarr_read_strings(const char *path, char *out, size_t out_cap,
+                                          size_t *out_nbytes, int64_t *count, char *err,
+                                          size_t err_cap) {
+  return Guarded(err, err_cap, [&] {
+    std::vector<std::string> items = biodali::zarr::ReadStringArray(path);
+    size_t nbytes = 0;
+    for (const auto &item : items) nbytes += 4 + item.size();
+    *out_nbytes = nbytes;
+    *count = static_cast<int64_t>(items.size());
+    if (out == nullptr || out_cap < nbytes) return;
+    char *p = out;
+    for (const auto &item : items) {
+      const auto len = static_cast<uint32_t>(item.size());
+      const unsigned char len_le[4] = {static_cast<unsigned char>(len),
+                                       static_cast<unsigned char>(len >> 8),
+                                       static_cast<unsigned char>(len >> 16),
+                                       static_cast<unsigned char>(len >> 24)};
+      std::memcpy(p, len_le, 4);
+      if (!item.empty()) std::memcpy(p + 4, item.data(), item.size());
+      p += 4 + item.size();
+    }
+  });
+}
+
+// Array::DecodeReadChunkRange for `num_ranges` ranges (chunk_index[i], element_begin[i],
+// num_elements[i]) decoded by `num_threads` threads sharing one Array, range i into dst after
+// the elements of ranges 0..i-1. *partial gets SupportsPartialDecode().
+BIODALI_API int biodali_zarr_read_chunk_ranges(const char *path, int num_threads,
+                                               int64_t num_ranges, const int64_t *chunk_index,
+                                               const int64_t *element_begin,
+                                               const int64_t *num_elements, void *dst,
+                                               size_t dst_nbytes, int *partial, char *err,
+                                               size_t err_cap) {
+  return Guarded(err, err_cap, [&] {
+    auto array = Array::Open(path);
+    const size_t elem_nbytes = biodali::DTypeSize(array->metadata().dtype);
+    std::vector<size_t> offsets(static_cast<size_t>(std::max<int64_t>(num_ranges, 0)) + 1, 0);
+    for (int64_t i = 0; i < num_ranges; ++i) {
+      offsets[i + 1] = offsets[i] + elem_nbytes * static_cast<size_t>(
+                                                      std::max<int64_t>(num_elements[i], 0));
+    }
+    if (offsets.back() != dst_nbytes) {
+      biodali::FailAt(path, "destination holds ", dst_nbytes, " bytes, the ranges need ",
+                      offsets.back());
+    }
+    *partial = array->SupportsPartialDecode() ? 1 : 0;
+    biodali::ThreadPool pool(std::max(num_threads, 1), "biodali-test");
+    pool.ParallelFor(num_ranges, [&](int64_t i) {
+      array->DecodeReadChunkRange(chunk_index[i], element_begin[i], num_elements[i],
+                                  static_cast<std::byte *>(dst) + offsets[i]);
+    });
+  });
+}
+
+// Times `num_calls` decodes of one read chunk of a 1-D array, spread over `num_threads`
+// threads sharing one Array: DecodeReadChunkRange(chunk_index, element_begin, num_elements)
+// or, when num_elements < 0, DecodeReadChunk of the whole chunk. The chunk is read from its
+// file each time (warm page cache), as the reader would. Best of 3 wall-clock seconds.
+BIODALI_API int biodali_zarr_time_chunk_range(const char *path, int num_threads,
+                                              int64_t chunk_index, int64_t element_begin,
+                                              int64_t num_elements, int64_t num_calls,
+                                              double *seconds, char *err, size_t err_cap) {
+  return Guarded(err, err_cap, [&] {
+    auto array = Array::Open(path);
+    const size_t chunk_nbytes = static_cast<size_t>(array->read_chunk_nbytes());
+    const int64_t coords[1] = {chunk_index};
+    biodali::ThreadPool pool(std::max(num_threads, 1), "biodali-bench");
+    auto decode = [&](int64_t) {
+      std::span<std::byte> out = ThreadOutput(chunk_nbytes);
+      if (num_elements < 0) {
+        array->DecodeReadChunk(coords, out);
+      } else {
+        array->DecodeReadChunkRange(chunk_index, element_begin, num_elements, out.data());
+      }
+    };
+    double best = 1e300;
+    for (int rep = 0; rep < 3; ++rep) {
+      auto t0 = std::chrono::steady_clock::now();
+      pool.ParallelFor(num_calls, decode);
+      std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+      best = std::min(best, dt.count());
+    }
+    *seconds = best;
   });
 }
 

@@ -2,6 +2,8 @@
 
 #include <blosc.h>
 
+#include <cstring>
+
 #include "common/error.h"
 
 namespace biodali::codecs {
@@ -35,6 +37,49 @@ void BloscCodec::DecodeInto(ConstBytes src, Bytes dst) const {
   if (decoded < 0 || static_cast<size_t>(decoded) != nbytes) {
     throw Error(StrCat("blosc: corrupt compressed data (decompressor returned ", decoded, ")"));
   }
+}
+
+void BloscCodec::DecodeRangeInto(ConstBytes src, size_t decoded_nbytes, size_t byte_begin,
+                                 Bytes dst) const {
+  size_t nbytes = CheckedDecodedNbytes(src);
+  if (nbytes != decoded_nbytes) {
+    throw Error(StrCat("blosc: frame decodes to ", nbytes, " bytes, expected ", decoded_nbytes));
+  }
+  if (byte_begin > nbytes || dst.size() > nbytes - byte_begin) {
+    throw Error(StrCat("blosc: byte range [", byte_begin, ", ", byte_begin + dst.size(),
+                       ") is outside a frame of ", nbytes, " bytes"));
+  }
+  if (dst.empty()) return;
+  size_t typesize = 0;
+  int flags = 0;
+  blosc_cbuffer_metainfo(src.data(), &typesize, &flags);
+  thread_local ScratchBuffer scratch;
+  // blosc_getitem counts in items of the frame's typesize and cannot reach a trailing partial
+  // item (a frame whose size is not a multiple of it): decode such frames whole.
+  if (typesize == 0 || nbytes % typesize != 0) {
+    Bytes whole = scratch.Get(nbytes);
+    DecodeInto(src, whole);
+    std::memcpy(dst.data(), whole.data() + byte_begin, dst.size());
+    return;
+  }
+  const size_t first_item = byte_begin / typesize;
+  const size_t end_item = (byte_begin + dst.size() + typesize - 1) / typesize;
+  const size_t items_nbytes = (end_item - first_item) * typesize;
+  // A range that does not start and end on the frame's items (typesize other than the
+  // element size) is fetched whole items at a time into scratch and trimmed.
+  const bool aligned = first_item * typesize == byte_begin && items_nbytes == dst.size();
+  std::byte *out = aligned ? dst.data() : scratch.Get(items_nbytes).data();
+  // blosc_getitem (c-blosc 1.21) keeps its state in a context on the stack and allocates its
+  // own block temporaries per call; it reads no global state (unlike blosc_decompress), so
+  // concurrent calls are safe. It bounds its reads by the header's compressed size, which
+  // CheckedDecodedNbytes has matched against the bytes we hold. Offsets fit in int: blosc1
+  // frames hold at most BLOSC_MAX_BUFFERSIZE (< 2 GiB) bytes, which validation checks.
+  int got = blosc_getitem(src.data(), static_cast<int>(first_item),
+                          static_cast<int>(end_item - first_item), out);
+  if (got < 0 || static_cast<size_t>(got) != items_nbytes) {
+    throw Error(StrCat("blosc: corrupt compressed data (getitem returned ", got, ")"));
+  }
+  if (!aligned) std::memcpy(dst.data(), out + (byte_begin - first_item * typesize), dst.size());
 }
 
 ConstBytes BloscCodec::Decode(ConstBytes src, ScratchBuffer *scratch) const {

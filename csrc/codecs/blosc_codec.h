@@ -13,6 +13,12 @@ class BloscCodec final : public BytesToBytesCodec {
   void DecodeInto(ConstBytes src, Bytes dst) const override;
   ConstBytes Decode(ConstBytes src, ScratchBuffer *scratch) const override;
 
+  // Decodes bytes [byte_begin, byte_begin + dst.size()) of a frame that must decode to
+  // exactly `decoded_nbytes` bytes (else Error, as DecodeInto), decompressing only the blosc
+  // blocks that cover them.
+  void DecodeRangeInto(ConstBytes src, size_t decoded_nbytes, size_t byte_begin,
+                       Bytes dst) const;
+
  private:
   // Validates the frame against its length and returns the decoded size from the header.
   static size_t CheckedDecodedNbytes(ConstBytes src);

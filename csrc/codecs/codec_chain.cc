@@ -1,31 +1,82 @@
 #include "codecs/codec_chain.h"
 
+#include <cstring>
+
+#include "codecs/blosc_codec.h"
+#include "codecs/crc32c.h"
 #include "common/error.h"
 
 namespace biodali::codecs {
 
+ConstBytes DecodeUnsized(std::span<const std::unique_ptr<BytesToBytesCodec>> codecs,
+                         ConstBytes src, ScratchBuffer (&scratch)[2]) {
+  ConstBytes cur = src;
+  int owner = -1;  // which scratch holds `cur`; -1 while it is still the caller's src
+  for (size_t i = codecs.size(); i-- > 0;) {
+    int target = owner == 0 ? 1 : 0;
+    ConstBytes next = codecs[i]->Decode(cur, &scratch[target]);
+    if (next.data() != cur.data()) owner = target;
+    cur = next;
+  }
+  return cur;
+}
+
 CodecChain::CodecChain(BytesCodec array_to_bytes,
                        std::vector<std::unique_ptr<BytesToBytesCodec>> bytes_to_bytes)
-    : array_to_bytes_(array_to_bytes), bytes_to_bytes_(std::move(bytes_to_bytes)) {}
+    : array_to_bytes_(array_to_bytes), bytes_to_bytes_(std::move(bytes_to_bytes)) {
+  if (bytes_to_bytes_.empty()) {
+    range_mode_ = RangeMode::kPlain;
+    return;
+  }
+  // blosc frames can be decoded block by block; checksums after blosc only need verifying.
+  blosc_ = dynamic_cast<const BloscCodec *>(bytes_to_bytes_[0].get());
+  bool rest_are_checksums = true;
+  for (size_t i = 1; i < bytes_to_bytes_.size(); ++i) {
+    rest_are_checksums &= dynamic_cast<const Crc32cCodec *>(bytes_to_bytes_[i].get()) != nullptr;
+  }
+  if (blosc_ != nullptr && rest_are_checksums) range_mode_ = RangeMode::kBlosc;
+}
 
 void CodecChain::Decode(ConstBytes src, Bytes dst) const {
   if (bytes_to_bytes_.empty()) {
     array_to_bytes_.Decode(src, dst);
     return;
   }
-  // Intermediate results ping-pong between two per-thread buffers: a step may return a view
-  // of its input (crc32c strips 4 bytes in place), so each step writes into whichever buffer
-  // does not hold its input.
   thread_local ScratchBuffer scratch[2];
-  ConstBytes cur = src;
-  int owner = -1;  // which scratch holds `cur`; -1 while it is still the caller's src
-  for (size_t i = bytes_to_bytes_.size() - 1; i > 0; --i) {
-    int target = owner == 0 ? 1 : 0;
-    ConstBytes next = bytes_to_bytes_[i]->Decode(cur, &scratch[target]);
-    if (next.data() != cur.data()) owner = target;
-    cur = next;
-  }
+  ConstBytes cur = DecodeUnsized(std::span(bytes_to_bytes_).subspan(1), src, scratch);
   bytes_to_bytes_[0]->DecodeInto(cur, dst);
+  array_to_bytes_.FinishInPlace(dst);
+}
+
+void CodecChain::DecodeRange(ConstBytes src, size_t chunk_nbytes, size_t byte_begin,
+                             Bytes dst) const {
+  if (byte_begin > chunk_nbytes || dst.size() > chunk_nbytes - byte_begin) {
+    throw Error(StrCat("byte range [", byte_begin, ", ", byte_begin + dst.size(),
+                       ") is outside a chunk of ", chunk_nbytes, " bytes"));
+  }
+  switch (range_mode_) {
+    case RangeMode::kPlain:
+      if (src.size() != chunk_nbytes) {
+        throw Error(StrCat("chunk holds ", src.size(), " bytes, expected ", chunk_nbytes,
+                           " (truncated or wrong chunk size?)"));
+      }
+      if (!dst.empty()) std::memcpy(dst.data(), src.data() + byte_begin, dst.size());
+      break;
+    case RangeMode::kBlosc: {
+      thread_local ScratchBuffer scratch[2];
+      ConstBytes frame = DecodeUnsized(std::span(bytes_to_bytes_).subspan(1), src, scratch);
+      blosc_->DecodeRangeInto(frame, chunk_nbytes, byte_begin, dst);
+      break;
+    }
+    case RangeMode::kFullDecode: {
+      thread_local ScratchBuffer whole;
+      Bytes chunk = whole.Get(chunk_nbytes);
+      Decode(src, chunk);  // already native endian
+      if (!dst.empty()) std::memcpy(dst.data(), chunk.data() + byte_begin, dst.size());
+      return;
+    }
+  }
+  // Ranges hold whole elements, so swapping them in place is the same as swapping the chunk.
   array_to_bytes_.FinishInPlace(dst);
 }
 

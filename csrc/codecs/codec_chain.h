@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,15 @@
 #include "codecs/codec.h"
 
 namespace biodali::codecs {
+
+class BloscCodec;
+
+// Runs bytes->bytes `codecs` (metadata order) backwards over `src` when no step's decoded size
+// is known ahead. Each step writes into whichever of the two scratch buffers does not hold its
+// input (a step may return a view of its input: crc32c strips 4 bytes in place). Returns a
+// view into `src` or one of the scratch buffers.
+ConstBytes DecodeUnsized(std::span<const std::unique_ptr<BytesToBytesCodec>> codecs,
+                         ConstBytes src, ScratchBuffer (&scratch)[2]);
 
 class CodecChain final : public ArrayToBytesCodec {
  public:
@@ -21,6 +31,18 @@ class CodecChain final : public ArrayToBytesCodec {
   // Decodes one encoded chunk into dst (exactly one chunk of elements). The last decoding
   // step writes straight into dst; earlier steps use per-thread scratch buffers.
   void Decode(ConstBytes src, Bytes dst) const override;
+
+  // Decodes bytes [byte_begin, byte_begin + dst.size()) of one chunk (whole elements; the
+  // chunk decodes to `chunk_nbytes`) from the whole encoded chunk `src`, native endian.
+  // Checksums are verified over all of `src` first. How much work is saved depends on the
+  // chain, see SupportsPartialDecode; other chains decode the whole chunk into a per-thread
+  // scratch buffer and copy the range out.
+  void DecodeRange(ConstBytes src, size_t chunk_nbytes, size_t byte_begin, Bytes dst) const;
+
+  // True when DecodeRange costs less than decoding the whole chunk: plain chains (the range
+  // is a slice of the stored bytes, so a reader can read just that slice) and
+  // bytes -> blosc [-> crc32c] (only the blosc blocks covering the range are decompressed).
+  bool SupportsPartialDecode() const { return range_mode_ != RangeMode::kFullDecode; }
 
   // True when an encoded chunk is just its elements (no bytes->bytes codecs): a reader then
   // reads the file straight into the destination and calls FinishInPlace.
@@ -35,8 +57,12 @@ class CodecChain final : public ArrayToBytesCodec {
   std::string Describe() const;
 
  private:
+  enum class RangeMode { kPlain, kBlosc, kFullDecode };
+
   BytesCodec array_to_bytes_;
   std::vector<std::unique_ptr<BytesToBytesCodec>> bytes_to_bytes_;
+  RangeMode range_mode_ = RangeMode::kFullDecode;
+  const BloscCodec *blosc_ = nullptr;  // bytes_to_bytes_[0] when range_mode_ is kBlosc
 };
 
 }  // namespace biodali::codecs

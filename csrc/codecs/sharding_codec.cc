@@ -58,7 +58,8 @@ ShardIndex ShardingCodec::DecodeIndex(ConstBytes encoded_index, uint64_t shard_n
 }
 
 std::string ShardingCodec::Describe() const {
-  return StrCat("sharding_indexed(", inner_->Describe(), "; index ", index_->Describe(), " at ",
+  std::string inner = inner_ ? inner_->Describe() : "strings";
+  return StrCat("sharding_indexed(", inner, "; index ", index_->Describe(), " at ",
                 index_location_ == IndexLocation::kStart ? "start" : "end", ")");
 }
 

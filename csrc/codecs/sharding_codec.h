@@ -46,10 +46,12 @@ class ShardingCodec {
  public:
   // Throws Error if the index chain does not have a fixed encoded size (only bytes + crc32c
   // do; anything else would make the index impossible to locate without reading the file).
+  // `inner` is null for string arrays, whose inner chain is a StringCodecChain kept beside
+  // this codec (ParsedCodecs::string_chain); only the index is handled here then.
   ShardingCodec(std::vector<int64_t> chunks_per_shard, std::unique_ptr<CodecChain> inner,
                 std::unique_ptr<CodecChain> index, IndexLocation index_location);
 
-  const CodecChain &inner() const { return *inner_; }
+  const CodecChain &inner() const { return *inner_; }  // numeric arrays only
   const std::vector<int64_t> &chunks_per_shard() const { return chunks_per_shard_; }
   int64_t num_inner_chunks() const { return num_inner_chunks_; }
   int64_t index_encoded_nbytes() const { return index_encoded_nbytes_; }

@@ -1,7 +1,6 @@
 #include "zarr/array.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cstring>
 #include <optional>
 #include <shared_mutex>
@@ -31,12 +30,6 @@ struct ThreadScratch {
 ThreadScratch &Scratch() {
   thread_local ThreadScratch scratch;
   return scratch;
-}
-
-void AppendInt(std::string *out, int64_t value) {
-  char buf[24];
-  auto result = std::to_chars(buf, buf + sizeof(buf), value);
-  out->append(buf, result.ptr);
 }
 
 std::string FormatDims(std::span<const int64_t> dims) {
@@ -99,6 +92,9 @@ class ArrayImpl final : public Array {
   void DecodeReadChunk(std::span<const int64_t> coords, std::span<std::byte> dst) const override;
   void ReadRegion(std::span<const int64_t> start, std::span<const int64_t> count,
                   void *dst) const override;
+  void DecodeReadChunkRange(int64_t chunk_index, int64_t element_begin, int64_t num_elements,
+                            std::byte *dst) const override;
+  bool SupportsPartialDecode() const override { return read_chain_.SupportsPartialDecode(); }
   bool ReadEncodedReadChunk(std::span<const int64_t> coords,
                             std::vector<std::byte> *encoded) const override;
   void DecodeEncodedReadChunk(std::span<const std::byte> encoded,
@@ -119,9 +115,17 @@ class ArrayImpl final : public Array {
   // Finds read chunk `coords` in its shard (path in Scratch().path); false when the shard is
   // missing or the inner chunk absent.
   bool LocateInnerChunk(std::span<const int64_t> coords, ChunkLocation *loc) const;
+  // Finds read chunk `coords` (path in Scratch().path): sets *source to the file holding it
+  // (the cached shard, or *file opened on the chunk file) and *loc to its byte range; false
+  // when the chunk is missing (it reads as fill_value).
+  bool Locate(std::span<const int64_t> coords, ReadOnlyFile *file, ChunkLocation *loc,
+              const ReadOnlyFile **source) const;
   // The shard's validated index, loaded on first use; nullptr when the shard file is missing.
   const codecs::ShardIndex *ShardIndexFor(int64_t shard_key, const std::string &path) const;
-  void DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc, Bytes dst) const;
+  // Decodes bytes [byte_begin, byte_begin + dst.size()) of the located read chunk into dst
+  // (the whole chunk when dst holds read_chunk_nbytes_).
+  void DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc, size_t byte_begin,
+                     Bytes dst) const;
   void Fill(Bytes dst) const;
 
   std::string path_;
@@ -172,23 +176,7 @@ void ArrayImpl::Fill(Bytes dst) const {
 }
 
 void ArrayImpl::StorageChunkPath(const int64_t *coords, std::string *out) const {
-  out->assign(path_);
-  if (!out->empty() && out->back() != '/') out->push_back('/');
-  const ChunkKeyEncoding &key = spec_.key_encoding;
-  if (key.v3_default) {
-    out->push_back('c');
-    for (int d = 0; d < ndim_; ++d) {
-      out->push_back(key.separator);
-      AppendInt(out, coords[d]);
-    }
-  } else if (ndim_ == 0) {
-    out->push_back('0');
-  } else {
-    for (int d = 0; d < ndim_; ++d) {
-      if (d > 0) out->push_back(key.separator);
-      AppendInt(out, coords[d]);
-    }
-  }
+  zarr::StorageChunkPath(path_, spec_.key_encoding, {coords, static_cast<size_t>(ndim_)}, out);
 }
 
 void ArrayImpl::CheckReadChunk(std::span<const int64_t> coords, size_t dst_nbytes) const {
@@ -258,24 +246,45 @@ bool ArrayImpl::LocateInnerChunk(std::span<const int64_t> coords, ChunkLocation 
   return true;
 }
 
+bool ArrayImpl::Locate(std::span<const int64_t> coords, ReadOnlyFile *file,
+                       ChunkLocation *loc, const ReadOnlyFile **source) const {
+  if (spec_.metadata.sharded) {
+    if (!LocateInnerChunk(coords, loc)) return false;
+    *source = loc->shard.get();
+    return true;
+  }
+  std::string &path = Scratch().path;
+  StorageChunkPath(coords.data(), &path);
+  if (!file->Open(path)) return false;
+  loc->nbytes = file->nbytes();
+  *source = file;
+  return true;
+}
+
 void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc,
-                              Bytes dst) const {
+                              size_t byte_begin, Bytes dst) const {
   const std::string &path = Scratch().path;
+  const size_t chunk_nbytes = static_cast<size_t>(read_chunk_nbytes_);
   if (read_chain_.is_plain()) {
-    // Uncompressed: the stored bytes are the elements, so read them straight into dst.
-    if (loc.nbytes != dst.size()) {
+    // Uncompressed: the stored bytes are the elements, so read just the wanted ones straight
+    // into dst.
+    if (loc.nbytes != chunk_nbytes) {
       FailAt(path, loc.inner_chunk >= 0 ? StrCat("inner chunk ", loc.inner_chunk) : "chunk file",
-             " holds ", loc.nbytes, " bytes, expected ", dst.size(),
+             " holds ", loc.nbytes, " bytes, expected ", chunk_nbytes,
              " (truncated or wrong chunk size)");
     }
-    file.ReadAt(loc.offset, dst, path);
+    file.ReadAt(loc.offset + byte_begin, dst, path);
     read_chain_.FinishInPlace(dst);
     return;
   }
   Bytes encoded = Scratch().encoded.Get(loc.nbytes);
   file.ReadAt(loc.offset, encoded, path);
   try {
-    read_chain_.Decode(encoded, dst);
+    if (dst.size() == chunk_nbytes) {
+      read_chain_.Decode(encoded, dst);
+    } else {
+      read_chain_.DecodeRange(encoded, chunk_nbytes, byte_begin, dst);
+    }
   } catch (const Error &e) {
     if (loc.inner_chunk >= 0) FailAt(path, "inner chunk ", loc.inner_chunk, ": ", e.what());
     FailAt(path, e.what());
@@ -285,17 +294,34 @@ void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc
 void ArrayImpl::DecodeReadChunk(std::span<const int64_t> coords, std::span<std::byte> dst) const {
   CheckReadChunk(coords, dst.size());
   ChunkLocation loc;
-  if (spec_.metadata.sharded) {
-    if (!LocateInnerChunk(coords, &loc)) return Fill(dst);
-    DecodeLocated(*loc.shard, loc, dst);
-    return;
-  }
-  std::string &path = Scratch().path;
-  StorageChunkPath(coords.data(), &path);
   ReadOnlyFile file;
-  if (!file.Open(path)) return Fill(dst);
-  loc.nbytes = file.nbytes();
-  DecodeLocated(file, loc, dst);
+  const ReadOnlyFile *source = nullptr;
+  if (!Locate(coords, &file, &loc, &source)) return Fill(dst);
+  DecodeLocated(*source, loc, 0, dst);
+}
+
+void ArrayImpl::DecodeReadChunkRange(int64_t chunk_index, int64_t element_begin,
+                                     int64_t num_elements, std::byte *dst) const {
+  if (ndim_ != 1) {
+    FailAt(path_, "DecodeReadChunkRange needs a 1-D array; this one has ", ndim_,
+           " dimensions");
+  }
+  const int64_t chunk_len = spec_.metadata.read_chunk_shape[0];
+  if (chunk_index < 0 || chunk_index >= read_grid_[0] || element_begin < 0 ||
+      num_elements < 0 || num_elements > chunk_len - element_begin) {
+    FailAt(path_, "elements [", element_begin, ", ", element_begin + num_elements,
+           ") of read chunk ", chunk_index, " are outside the chunk (", chunk_len,
+           " elements) or the chunk grid (", read_grid_[0], " chunks)");
+  }
+  if (num_elements == 0) return;
+  const size_t elem_nbytes = DTypeSize(spec_.metadata.dtype);
+  Bytes out(dst, static_cast<size_t>(num_elements) * elem_nbytes);
+  const int64_t coords[1] = {chunk_index};
+  ChunkLocation loc;
+  ReadOnlyFile file;
+  const ReadOnlyFile *source = nullptr;
+  if (!Locate(coords, &file, &loc, &source)) return Fill(out);
+  DecodeLocated(*source, loc, static_cast<size_t>(element_begin) * elem_nbytes, out);
 }
 
 bool ArrayImpl::ReadEncodedReadChunk(std::span<const int64_t> coords,
@@ -303,18 +329,10 @@ bool ArrayImpl::ReadEncodedReadChunk(std::span<const int64_t> coords,
   CheckReadChunk(coords, static_cast<size_t>(read_chunk_nbytes_));
   ChunkLocation loc;
   ReadOnlyFile file;
-  const ReadOnlyFile *source = &file;
-  std::string &path = Scratch().path;
-  if (spec_.metadata.sharded) {
-    if (!LocateInnerChunk(coords, &loc)) return false;
-    source = loc.shard.get();
-  } else {
-    StorageChunkPath(coords.data(), &path);
-    if (!file.Open(path)) return false;
-    loc.nbytes = file.nbytes();
-  }
+  const ReadOnlyFile *source = nullptr;
+  if (!Locate(coords, &file, &loc, &source)) return false;
   encoded->resize(loc.nbytes);
-  source->ReadAt(loc.offset, Bytes(encoded->data(), encoded->size()), path);
+  source->ReadAt(loc.offset, Bytes(encoded->data(), encoded->size()), Scratch().path);
   return true;
 }
 
@@ -375,6 +393,11 @@ void ArrayImpl::ReadRegion(std::span<const int64_t> start, std::span<const int64
       int64_t offset = ndim_ > 0 ? dst_start[0] * dst_row_nbytes : 0;
       DecodeReadChunk(coords, Bytes(static_cast<std::byte *>(dst) + offset,
                                     static_cast<size_t>(read_chunk_nbytes_)));
+    } else if (ndim_ == 1) {
+      // Part of a 1-D chunk: decode just that part (fewer blosc blocks, or a shorter read when
+      // uncompressed) straight into dst.
+      DecodeReadChunkRange(grid[0], src_start[0], box[0],
+                           static_cast<std::byte *>(dst) + dst_start[0] * elem_nbytes);
     } else {
       DecodeReadChunk(coords, chunk);
       CopyBox(chunk.data(), chunk_shape, src_start, static_cast<std::byte *>(dst),

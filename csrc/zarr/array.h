@@ -53,6 +53,20 @@ class Array {
   virtual void ReadRegion(std::span<const int64_t> start, std::span<const int64_t> count,
                           void *dst) const = 0;
 
+  // 1-D arrays only (Error otherwise): decodes elements [element_begin, element_begin +
+  // num_elements) of read chunk `chunk_index` into dst (native endian, stored dtype). The
+  // range must lie inside the chunk as stored (read_chunk_shape[0] elements, edge chunks
+  // included). A missing chunk reads as fill_value; errors as DecodeReadChunk (checksums are
+  // verified over the whole stored chunk). Thread-safe like DecodeReadChunk.
+  virtual void DecodeReadChunkRange(int64_t chunk_index, int64_t element_begin,
+                                    int64_t num_elements, std::byte *dst) const = 0;
+
+  // True when DecodeReadChunkRange does less work than DecodeReadChunk for a part of a chunk:
+  // uncompressed chunks (only the range is read) and bytes -> blosc [-> crc32c] chains (only
+  // the blosc blocks covering the range are decompressed). Otherwise DecodeReadChunkRange
+  // decodes the whole chunk into a per-thread scratch buffer and copies the range out.
+  virtual bool SupportsPartialDecode() const = 0;
+
   // Bytes of one decoded read chunk: prod(read_chunk_shape) * dtype size.
   virtual int64_t read_chunk_nbytes() const = 0;
 

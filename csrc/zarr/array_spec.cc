@@ -1,5 +1,6 @@
 #include "zarr/array_spec.h"
 
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -99,6 +100,17 @@ std::vector<std::byte> ParseFillValue(const json &v, DType dtype) {
   throw Error(StrCat("unsupported fill_value ", v.dump(), " for data type ", DTypeName(dtype)));
 }
 
+// String fill values are strings; zarr v2 writers have also used null and 0 for "none".
+std::string ParseStringFill(const json &v) {
+  return v.is_string() ? v.get<std::string>() : std::string();
+}
+
+void AppendInt(std::string *out, int64_t value) {
+  char buf[24];
+  auto result = std::to_chars(buf, buf + sizeof(buf), value);
+  out->append(buf, result.ptr);
+}
+
 void CheckChunkSize(const std::vector<int64_t> &shape, DType dtype) {
   // Keeps every chunk byte count representable (and far from overflow) in int64.
   int64_t nbytes = static_cast<int64_t>(DTypeSize(dtype));
@@ -110,7 +122,7 @@ void CheckChunkSize(const std::vector<int64_t> &shape, DType dtype) {
   }
 }
 
-void ParseV3(const json &meta, ArraySpec *spec) {
+void ParseV3(const json &meta, codecs::ArrayKind kind, ArraySpec *spec) {
   ArrayMetadata &md = spec->metadata;
   md.zarr_format = 3;
   md.shape = ReadDims(meta.at("shape"), "shape", true);
@@ -118,7 +130,11 @@ void ParseV3(const json &meta, ArraySpec *spec) {
   std::string type_name = data_type.is_object() ? data_type.value("name", data_type.dump())
                           : data_type.is_string() ? data_type.get<std::string>()
                                                   : data_type.dump();
-  if (!ParseDTypeName(type_name, &md.dtype)) {
+  const bool strings = kind == codecs::ArrayKind::kString;
+  if (strings && type_name != "string") {
+    throw Error(StrCat("data type '", type_name, "' is not a string array (expected 'string')"));
+  }
+  if (!strings && !ParseDTypeName(type_name, &md.dtype)) {
     throw Error(StrCat("unsupported data type '", type_name, "'"));
   }
   const json &grid = meta.at("chunk_grid");
@@ -149,14 +165,19 @@ void ParseV3(const json &meta, ArraySpec *spec) {
   if (meta.contains("storage_transformers") && !meta["storage_transformers"].empty()) {
     throw Error("storage_transformers are not supported");
   }
-  md.fill_value = ParseFillValue(meta.at("fill_value"), md.dtype);
   CheckChunkSize(md.storage_chunk_shape, md.dtype);
-  spec->codecs = codecs::ParseV3Codecs(meta.at("codecs"), md.storage_chunk_shape, md.dtype);
+  if (strings) {
+    spec->string_fill = ParseStringFill(meta.at("fill_value"));
+    spec->codecs = codecs::ParseV3StringCodecs(meta.at("codecs"), md.storage_chunk_shape);
+  } else {
+    md.fill_value = ParseFillValue(meta.at("fill_value"), md.dtype);
+    spec->codecs = codecs::ParseV3Codecs(meta.at("codecs"), md.storage_chunk_shape, md.dtype);
+  }
   md.read_chunk_shape = spec->codecs.read_chunk_shape;
   md.sharded = spec->codecs.sharding != nullptr;
 }
 
-void ParseV2(const json &meta, ArraySpec *spec) {
+void ParseV2(const json &meta, codecs::ArrayKind kind, ArraySpec *spec) {
   ArrayMetadata &md = spec->metadata;
   md.zarr_format = 2;
   md.shape = ReadDims(meta.at("shape"), "shape", true);
@@ -167,9 +188,14 @@ void ParseV2(const json &meta, ArraySpec *spec) {
   }
   md.read_chunk_shape = md.storage_chunk_shape;
   const json &dtype = meta.at("dtype");
+  const bool strings = kind == codecs::ArrayKind::kString;
+  if (strings && dtype != "|O") {
+    throw Error(StrCat("dtype ", dtype.dump(), " is not a string array (expected \"|O\" with",
+                       " the vlen-utf8 filter)"));
+  }
   if (!dtype.is_string()) throw Error(StrCat("unsupported dtype ", dtype.dump(), " (structured)"));
   bool big_endian = false;
-  if (!ParseTypestr(dtype.get<std::string>(), &md.dtype, &big_endian)) {
+  if (!strings && !ParseTypestr(dtype.get<std::string>(), &md.dtype, &big_endian)) {
     throw Error(StrCat("unsupported dtype '", dtype.get<std::string>(), "'"));
   }
   std::string order = meta.value("order", std::string("C"));
@@ -177,16 +203,43 @@ void ParseV2(const json &meta, ArraySpec *spec) {
   std::string sep = meta.value("dimension_separator", std::string("."));
   if (sep != "." && sep != "/") throw Error(StrCat("unsupported dimension_separator '", sep, "'"));
   spec->key_encoding = {false, sep[0]};
-  md.fill_value = ParseFillValue(meta.value("fill_value", json()), md.dtype);
   CheckChunkSize(md.storage_chunk_shape, md.dtype);
-  spec->codecs.chain = codecs::ParseV2Codecs(meta.value("compressor", json()),
-                                             meta.value("filters", json()), md.dtype, big_endian);
+  if (strings) {
+    spec->string_fill = ParseStringFill(meta.value("fill_value", json()));
+    spec->codecs.string_chain = codecs::ParseV2StringCodecs(meta.value("compressor", json()),
+                                                            meta.value("filters", json()));
+  } else {
+    md.fill_value = ParseFillValue(meta.value("fill_value", json()), md.dtype);
+    spec->codecs.chain = codecs::ParseV2Codecs(meta.value("compressor", json()),
+                                               meta.value("filters", json()), md.dtype,
+                                               big_endian);
+  }
   spec->codecs.read_chunk_shape = md.read_chunk_shape;
 }
 
 }  // namespace
 
-ArraySpec ParseArraySpec(const std::string &path) {
+void StorageChunkPath(const std::string &array_path, const ChunkKeyEncoding &key,
+                      std::span<const int64_t> coords, std::string *out) {
+  out->assign(array_path);
+  if (!out->empty() && out->back() != '/') out->push_back('/');
+  if (key.v3_default) {
+    out->push_back('c');
+    for (int64_t c : coords) {
+      out->push_back(key.separator);
+      AppendInt(out, c);
+    }
+  } else if (coords.empty()) {
+    out->push_back('0');
+  } else {
+    for (size_t d = 0; d < coords.size(); ++d) {
+      if (d > 0) out->push_back(key.separator);
+      AppendInt(out, coords[d]);
+    }
+  }
+}
+
+ArraySpec ParseArraySpec(const std::string &path, codecs::ArrayKind kind) {
   NodeInfo node = ReadNode(path);
   if (node.kind == NodeKind::kMissing) {
     FailAt(path, "no zarr array metadata (zarr.json or .zarray) found");
@@ -196,9 +249,9 @@ ArraySpec ParseArraySpec(const std::string &path) {
   spec.metadata_path = JoinPath(path, node.zarr_format == 3 ? "zarr.json" : ".zarray");
   try {
     if (node.zarr_format == 3) {
-      ParseV3(node.metadata, &spec);
+      ParseV3(node.metadata, kind, &spec);
     } else {
-      ParseV2(node.metadata, &spec);
+      ParseV2(node.metadata, kind, &spec);
     }
   } catch (const json::exception &e) {
     FailAt(spec.metadata_path, "malformed metadata: ", e.what());

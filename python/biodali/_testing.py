@@ -33,8 +33,17 @@ def _lib() -> ctypes.CDLL:
         c_char_p, c_int, ctypes.c_void_p, c_size_t, c_char_p, c_size_t]
     lib.biodali_crc32c.argtypes = [
         ctypes.c_void_p, c_size_t, c_int, ctypes.POINTER(ctypes.c_uint32), c_char_p, c_size_t]
+    lib.biodali_zarr_read_strings.argtypes = [
+        c_char_p, ctypes.c_void_p, c_size_t, ctypes.POINTER(c_size_t), p_i64, c_char_p, c_size_t]
+    lib.biodali_zarr_read_chunk_ranges.argtypes = [
+        c_char_p, c_int, c_int64, p_i64, p_i64, p_i64, ctypes.c_void_p, c_size_t,
+        ctypes.POINTER(c_int), c_char_p, c_size_t]
+    lib.biodali_zarr_time_chunk_range.argtypes = [
+        c_char_p, c_int, c_int64, c_int64, c_int64, c_int64, ctypes.POINTER(ctypes.c_double),
+        c_char_p, c_size_t]
     for fn in (lib.biodali_zarr_info, lib.biodali_zarr_read_region, lib.biodali_zarr_read_chunks,
-               lib.biodali_decode_ceiling, lib.biodali_crc32c):
+               lib.biodali_decode_ceiling, lib.biodali_crc32c, lib.biodali_zarr_read_strings,
+               lib.biodali_zarr_read_chunk_ranges, lib.biodali_zarr_time_chunk_range):
         fn.restype = c_int
     return lib
 
@@ -86,6 +95,62 @@ def read_chunks(path, num_threads: int = 1) -> np.ndarray:
     _call(_lib().biodali_zarr_read_chunks, _path(path), int(num_threads),
           out.ctypes.data_as(ctypes.c_void_p), out.nbytes)
     return out
+
+
+def read_strings(path) -> list[str]:
+    """A whole 1-D (or 0-d) zarr string array (vlen-utf8), items decoded as UTF-8."""
+    lib = _lib()
+    needed = ctypes.c_size_t()
+    count = ctypes.c_int64()
+    buf = ctypes.create_string_buffer(1 << 16)
+    _call(lib.biodali_zarr_read_strings, _path(path), buf, len(buf), ctypes.byref(needed),
+          ctypes.byref(count))
+    if needed.value > len(buf):
+        buf = ctypes.create_string_buffer(needed.value)
+        _call(lib.biodali_zarr_read_strings, _path(path), buf, len(buf), ctypes.byref(needed),
+              ctypes.byref(count))
+    raw = memoryview(buf)[:needed.value]
+    out, pos = [], 0
+    for _ in range(count.value):
+        n = int.from_bytes(raw[pos:pos + 4], "little")
+        out.append(bytes(raw[pos + 4:pos + 4 + n]).decode("utf-8"))
+        pos += 4 + n
+    return out
+
+
+def read_chunk_ranges(path, ranges, num_threads: int = 1):
+    """Array::DecodeReadChunkRange of a 1-D array for each (chunk_index, element_begin,
+    num_elements) in `ranges`, decoded by num_threads threads sharing one Array:
+    (list of arrays, supports_partial_decode)."""
+    info = zarr_info(path)
+    table = np.ascontiguousarray(np.asarray(ranges, dtype=np.int64).reshape(-1, 3).T)
+    counts = np.maximum(table[2], 0)
+    out = np.empty(int(counts.sum()), dtype=np.dtype(info["dtype"]))
+    partial = ctypes.c_int()
+    p_i64 = ctypes.POINTER(ctypes.c_int64)
+    _call(_lib().biodali_zarr_read_chunk_ranges, _path(path), int(num_threads), table.shape[1],
+          table[0].ctypes.data_as(p_i64), table[1].ctypes.data_as(p_i64),
+          table[2].ctypes.data_as(p_i64), out.ctypes.data_as(ctypes.c_void_p), out.nbytes,
+          ctypes.byref(partial))
+    return np.split(out, np.cumsum(counts)[:-1]), bool(partial.value)
+
+
+def read_chunk_range(path, chunk_index: int, element_begin: int, num_elements: int):
+    """Array::DecodeReadChunkRange of one range: (elements, supports_partial_decode)."""
+    parts, partial = read_chunk_ranges(path, [(chunk_index, element_begin, num_elements)])
+    return parts[0], partial
+
+
+def time_chunk_range(path, num_threads: int, chunk_index: int, element_begin: int,
+                     num_elements: int | None, num_calls: int) -> float:
+    """Wall seconds (best of 3) for num_calls decodes of one read chunk on num_threads threads:
+    DecodeReadChunkRange of [element_begin, element_begin + num_elements), or DecodeReadChunk
+    of the whole chunk when num_elements is None."""
+    seconds = ctypes.c_double()
+    _call(_lib().biodali_zarr_time_chunk_range, _path(path), int(num_threads), int(chunk_index),
+          int(element_begin), -1 if num_elements is None else int(num_elements), int(num_calls),
+          ctypes.byref(seconds))
+    return seconds.value
 
 
 def decode_ceiling(path, num_threads: int, max_chunks: int = 256) -> dict:
