@@ -74,3 +74,23 @@ def test_concatenation_of_stores(adata, tmp_path):
     assert rows == list(range(n))
     assert_rows_equal(sp.csr_matrix(adata.X), rows, rows_of(batches, 0), rows_of(batches, 1))
     np.testing.assert_array_equal(np.array(rows_of(batches, 2)[:n]), adata.obs["cell_type"].cat.codes)
+
+
+def test_categories_differing_between_stores_are_unified(adata, tmp_path):
+    import pandas as pd
+
+    from biodali.stores import obs_categories
+
+    a_data, b_data = adata[:100].copy(), adata[100:].copy()
+    a_data.obs["cell_type"] = pd.Categorical(a_data.obs["cell_type"].astype(str),
+                                             categories=["T", "B", "mono", "NK"])
+    b_data.obs["cell_type"] = pd.Categorical(b_data.obs["cell_type"].astype(str).replace("NK", "DC"),
+                                             categories=["DC", "mono", "T", "B"])
+    a = write_zarr(a_data, tmp_path / "a.zarr", 3)
+    b = write_zarr(b_data, tmp_path / "b.zarr", 2)
+    union = obs_categories([a, b], "cell_type")
+    assert union == ["T", "B", "mono", "NK", "DC"]
+    labels = list(a_data.obs["cell_type"].astype(str)) + list(b_data.obs["cell_type"].astype(str))
+    batches = run_reader(path=[a, b], batch_size=64, obs_columns=["cell_type"], return_row_index=True)
+    for row, code in zip(rows_of(batches, 3), rows_of(batches, 2)):
+        assert union[int(code)] == labels[int(row)]

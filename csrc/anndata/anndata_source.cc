@@ -2,37 +2,34 @@
 
 #include <algorithm>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <unordered_map>
 
 #include "common/error.h"
+#include "zarr/node.h"
 
 namespace biodali::anndata {
-namespace fs = std::filesystem;
 namespace {
 
-// Categorical codes only mean the same across stores if the categories are the same: compare
-// the stored categories arrays file by file.
-bool SameStoredArray(const std::string &a, const std::string &b) {
-  auto files = [](const std::string &root) {
-    std::vector<std::string> out;
-    std::error_code ec;
-    for (auto it = fs::recursive_directory_iterator(root, ec); it != fs::recursive_directory_iterator(); ++it)
-      if (it->is_regular_file()) out.push_back(fs::relative(it->path(), root).string());
-    std::sort(out.begin(), out.end());
-    return out;
-  };
-  auto read = [](const fs::path &p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  auto fa = files(a), fb = files(b);
-  if (fa != fb) return false;
-  for (const auto &f : fa)
-    if (read(fs::path(a) / f) != read(fs::path(b) / f)) return false;
-  return true;
+// Re-codes a categorical column so its codes index into `union_categories` (extended with the
+// column's categories not yet in it, in their order). -1 (missing) stays -1.
+void RecodeInto(ObsColumn &column, std::vector<std::string> &union_categories, const std::string &path) {
+  std::vector<int32_t> recode(column.categories.size());
+  bool identity = true;
+  for (size_t k = 0; k < column.categories.size(); ++k) {
+    auto it = std::find(union_categories.begin(), union_categories.end(), column.categories[k]);
+    if (it == union_categories.end()) it = union_categories.insert(union_categories.end(), column.categories[k]);
+    recode[k] = static_cast<int32_t>(it - union_categories.begin());
+    identity &= recode[k] == static_cast<int32_t>(k);
+  }
+  int32_t *codes = reinterpret_cast<int32_t *>(column.values.data());
+  const int64_t n = static_cast<int64_t>(column.values.nbytes() / sizeof(int32_t));
+  const int64_t num_categories = static_cast<int64_t>(recode.size());
+  for (int64_t i = 0; i < n; ++i) {
+    if (codes[i] < -1 || codes[i] >= num_categories)
+      FailAt(zarr::JoinPath(path, "obs/" + column.name + "/codes"), "code ", codes[i], " at row ", i,
+             " is out of range for ", num_categories, " categories");
+    if (!identity && codes[i] >= 0) codes[i] = recode[codes[i]];
+  }
 }
 
 template <typename T>
@@ -108,12 +105,15 @@ AnnDataSource::AnnDataSource(const AnnDataSourceOptions &options) {
       const ObsColumn &col = g.obs[c], &ref = first.obs[c];
       if (col.categorical != ref.categorical || col.dtype != ref.dtype)
         FailAt(g.path, "obs column '", col.name, "' has another type than in ", first.path);
-      if (col.categorical && &g != &first && !SameStoredArray(col.categories_path, ref.categories_path))
-        FailAt(col.categories_path, "categories of obs column '", col.name, "' differ from those in ",
-               ref.categories_path, "; codes would mean different labels (re-encode the stores with "
-               "shared categories, e.g. with `biodali convert`)");
     }
     row_starts_.push_back(row_starts_.back() + g.num_rows);
+  }
+  // Codes of a categorical column index into the union of all stores' categories (first
+  // appearance order), so that a code means one label whichever store the row came from.
+  for (size_t c = 0; c < first.obs.size(); ++c) {
+    if (!first.obs[c].categorical) continue;
+    std::vector<std::string> union_categories;
+    for (auto &g : groups_) RecodeInto(g.obs[c], union_categories, g.path);
   }
   if (first.kind == MatrixKind::kCsr) {
     DType data_dtype = first.data->metadata().dtype;
@@ -217,10 +217,23 @@ void AnnDataSource::LoadCsr(Window &window, const std::vector<Run> &runs, Thread
     const DType dst_dtype = fields_[task.is_indices ? 1 : 0].dtype;
     const size_t item = DTypeSize(meta.dtype);
     thread_local ByteBuffer scratch;
-    bool whole = task.pieces.size() == 1 && task.pieces[0].num_elements == chunk_elements;
-    if (whole && meta.dtype == dst_dtype) {
+    int64_t needed = 0;
+    for (const Piece &piece : task.pieces) needed += piece.num_elements;
+    if (task.pieces.size() == 1 && needed == chunk_elements && meta.dtype == dst_dtype) {
       // The window needs the whole chunk in its stored type: decode straight into place.
       task.array->DecodeReadChunk({&task.chunk, 1}, {task.pieces[0].dst, chunk_elements * item});
+    } else if (task.array->SupportsPartialDecode() && needed * 4 < chunk_elements * 3) {
+      // Blosc decompresses block by block: decode only the blocks the pieces need (small
+      // blocks of rows often need half a chunk or less).
+      for (const Piece &piece : task.pieces) {
+        if (meta.dtype == dst_dtype) {
+          task.array->DecodeReadChunkRange(task.chunk, piece.chunk_offset, piece.num_elements, piece.dst);
+        } else {
+          scratch.Resize(piece.num_elements * item);
+          task.array->DecodeReadChunkRange(task.chunk, piece.chunk_offset, piece.num_elements, scratch.data());
+          ConvertElements(scratch.data(), meta.dtype, piece.dst, dst_dtype, piece.num_elements);
+        }
+      }
     } else {
       scratch.Resize(chunk_elements * item);
       task.array->DecodeReadChunk({&task.chunk, 1}, {scratch.data(), chunk_elements * item});

@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "zarr/node.h"
+#include "zarr/strings.h"
 
 namespace biodali::anndata {
 namespace fs = std::filesystem;
@@ -105,7 +106,7 @@ void OpenObsColumn(AnnDataGroup &group, const std::string &name) {
     array = OpenArray(zarr::JoinPath(col_path, "codes"));
     column.categorical = true;
     column.dtype = DType::kInt32;
-    column.categories_path = zarr::JoinPath(col_path, "categories");
+    column.categories = zarr::ReadStringArray(zarr::JoinPath(col_path, "categories"));
     if (!IsIntegral(array->metadata().dtype))
       FailAt(array->path(), "categorical codes must be integers");
   }

@@ -19,7 +19,7 @@ struct ObsColumn {
   bool categorical = false;
   DType dtype = DType::kInt32;  // int32 codes for categoricals, else the stored dtype
   ByteBuffer values;            // the whole column (one element per row), native endian
-  std::string categories_path;  // categoricals: the categories array, to compare across stores
+  std::vector<std::string> categories;  // categoricals: what the codes index into
 };
 
 // One AnnData group: the selected matrix element and obs columns.
