@@ -35,13 +35,13 @@ void RecodeInto(ObsColumn &column, std::vector<std::string> &union_categories, c
 template <typename T>
 void CheckIndices(const T *indices, int64_t n, int64_t num_cols, const zarr::Array &array,
                   int64_t first_element) {
-  // A branch-free scan (vectorises); the slow search for the culprit runs only on failure.
-  bool bad = false;
+  // Min/max in the stored type vectorises; the search for the culprit runs only on failure.
+  T lo = n ? indices[0] : T{0}, hi = lo;
   for (int64_t i = 0; i < n; ++i) {
-    int64_t v = static_cast<int64_t>(indices[i]);
-    bad |= (v < 0) | (v >= num_cols);
+    lo = std::min(lo, indices[i]);
+    hi = std::max(hi, indices[i]);
   }
-  if (!bad) return;
+  if (static_cast<int64_t>(lo) >= 0 && static_cast<int64_t>(hi) < num_cols) return;
   for (int64_t i = 0; i < n; ++i) {
     int64_t v = static_cast<int64_t>(indices[i]);
     if (v < 0 || v >= num_cols)
