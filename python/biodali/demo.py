@@ -18,7 +18,8 @@ def ensure_dataset(data_dir: Path, n_cells: int, seed: int = 0) -> Path:
     if not done.exists():
         print(f"generating {n_cells:,} synthetic cells in annbatch's layout at {path} ...", flush=True)
         t0 = time.perf_counter()
-        synth.write_expression(str(path), n_cells=n_cells, seed=seed, layout="annbatch")
+        synth.write_expression(str(path), n_cells=n_cells, seed=seed, layout="annbatch",
+                               jobs=os.cpu_count() or 1)
         done.touch()
         print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     return path
@@ -37,9 +38,10 @@ def main(args) -> int:
     @pipeline_def(batch_size=args.batch_size, num_threads=os.cpu_count() or 2, device_id=None,
                   prefetch_queue_depth=2)
     def pipe():
-        values, indices, cell_type = fn.biodali.readers.anndata(
-            path=str(path), obs_columns=["cell_type"], random_shuffle=True, seed=0, name="reader")
-        return values, indices, cell_type
+        values, indices, cell_type, row = fn.biodali.readers.anndata(
+            path=str(path), obs_columns=["cell_type"], random_shuffle=True, seed=0,
+            pad_last_batch=True, return_row_index=True, name="reader")
+        return values, indices, cell_type, row
 
     p = pipe()
     p.build()
@@ -49,14 +51,19 @@ def main(args) -> int:
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
         cells = nnz = 0
+        seen = np.zeros(n_rows, dtype=np.int64)
         for _ in range(batches_per_epoch):
-            values, indices, cell_type = p.run()
+            values, indices, cell_type, row = p.run()
+            np.add.at(seen, np.asarray(row.as_tensor()), 1)
             data, offsets = ragged_to_flat(values)
             cols, _ = ragged_to_flat(indices)
             labels = np.asarray(cell_type.as_tensor())
             cells += len(labels)
             nnz += len(data)
         dt = time.perf_counter() - t0
-        print(f"epoch {epoch}: {cells:,} cells in {dt:.1f} s = {cells / dt:,.0f} cells/s "
-              f"({nnz / cells:,.0f} non-zeros per cell)")
+        pad = cells - n_rows  # the last batch is padded by repeating its last row
+        coverage = "every cell once" if (seen >= 1).all() and seen.sum() == cells and (seen > 1).sum() <= 1 \
+            else f"COVERAGE ERROR: {(seen == 0).sum()} cells missing"
+        print(f"epoch {epoch}: {cells:,} cells ({pad} padding) in {dt:.1f} s = {cells / dt:,.0f} cells/s, "
+              f"{nnz / cells:,.0f} non-zeros per cell, {coverage}")
     return 0
