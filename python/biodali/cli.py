@@ -78,7 +78,8 @@ def _run_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="biodali", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="biodali", description="biodali: DALI readers and operators for biological data")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(sub)
     _add_demo(sub)

@@ -352,6 +352,13 @@ def _cells_block(blocks_it, block_ids, n_cells: int):
     return _Block.concat(blocks), np.concatenate(cell_ids)
 
 
+def _check_n_datasets(n_cells: int, n_datasets: int | None) -> None:
+    n_blocks = -(-n_cells // BLOCK_ROWS)
+    if n_datasets is not None and not 1 <= n_datasets <= n_blocks:
+        raise ValueError(f"n_datasets must be in [1, {n_blocks}] for {n_cells} cells "
+                         f"(slices of {BLOCK_ROWS} cells), got {n_datasets}")
+
+
 def _annbatch_plan(n_cells: int, seed: int, n_datasets: int | None):
     """Per dataset, a list of windows (block ids, row permutation of the window's cells).
 
@@ -365,9 +372,7 @@ def _annbatch_plan(n_cells: int, seed: int, n_datasets: int | None):
         per = max(1, ANNBATCH_ROWS_PER_DATASET // BLOCK_ROWS)
         groups = [slices[i:i + per] for i in range(0, n_blocks, per)]
     else:
-        if not 1 <= n_datasets <= n_blocks:
-            raise ValueError(f"n_datasets must be in [1, {n_blocks}] for {n_cells} cells "
-                             f"(slices of {BLOCK_ROWS} cells), got {n_datasets}")
+        _check_n_datasets(n_cells, n_datasets)
         groups = np.array_split(slices, n_datasets)
     plan = []
     for d, group in enumerate(groups):
@@ -657,7 +662,6 @@ def _write_annbatch(path: Path, model: _Model, n_cells: int, source: _BlockSourc
             writer.submit(_write_annbatch_dataset, root, d, spill, n_cells, model.n_genes,
                           chunk_rows, src_path)
             bar.set_postfix_str(f"writing dataset_{d}")
-        writer.wait()
     finally:
         writer.wait()
     root.update_attributes({"encoding-type": "annbatch-preshuffled", "encoding-version": "0.1.0"})
@@ -677,9 +681,11 @@ def write_expression(path, n_cells: int, n_genes: int = DEFAULT_N_GENES, seed: i
     datasets (default: one per ANNBATCH_ROWS_PER_DATASET cells). jobs: generator processes.
     Up to IN_MEMORY_MAX_CELLS cells the anndata layout is written by anndata itself; larger
     outputs, and every annbatch layout, are streamed through temp files next to ``path``."""
+    import anndata as ad
+
     path = Path(path)
-    if n_cells < 1:
-        raise ValueError(f"n_cells must be >= 1, got {n_cells}")
+    if n_cells < 1 or n_genes < 1:
+        raise ValueError(f"n_cells and n_genes must be >= 1, got {n_cells}, {n_genes}")
     if format not in ("zarr", "h5ad"):
         raise ValueError(f"format must be 'zarr' or 'h5ad', got {format!r}")
     if zarr_format not in (2, 3):
@@ -692,6 +698,7 @@ def write_expression(path, n_cells: int, n_genes: int = DEFAULT_N_GENES, seed: i
         raise ValueError("sharded=True needs format='zarr' and zarr_format=3")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    _check_n_datasets(n_cells, n_datasets)
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{path} exists (pass overwrite=True / --overwrite)")
@@ -701,40 +708,32 @@ def write_expression(path, n_cells: int, n_genes: int = DEFAULT_N_GENES, seed: i
     with warnings.catch_warnings():  # zarr/anndata notes about v3 features we chose on purpose
         for message in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
-        _write(path, n_cells, n_genes, seed, format, zarr_format, sharded, layout, chunk_rows,
-               n_datasets, jobs, progress)
+        if layout == "anndata" and n_cells <= IN_MEMORY_MAX_CELLS:
+            adata = make_expression(n_cells, n_genes, seed)
+            if format == "h5ad":
+                adata.write_h5ad(path)
+            else:
+                with ad.settings.override(zarr_write_format=zarr_format,
+                                          auto_shard_zarr_v3=sharded):
+                    adata.write_zarr(path)
+            return path
+        model = _build_model(n_genes, seed)
+        source = _BlockSource(model, jobs)
+        tmp = path.parent / f".{path.name}.synth-tmp-{os.getpid()}"
+        bar = _progress(n_cells, progress, f"synth {path.name}")
+        try:
+            if layout == "annbatch":
+                _write_annbatch(path, model, n_cells, source, tmp, chunk_rows, n_datasets, bar)
+            else:
+                _write_anndata_streaming(path, model, n_cells, source, tmp, format,
+                                         zarr_format, sharded, bar)
+        finally:
+            source.close()
+            bar.close()
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
 _EXPECTED_WARNINGS = ("Consolidated metadata is currently not part",
                       "Automatic shard shape inference is experimental",
                       "Writing zarr v2 data will no longer be the default")
-
-
-def _write(path, n_cells, n_genes, seed, format, zarr_format, sharded, layout, chunk_rows,
-           n_datasets, jobs, progress) -> None:
-    import anndata as ad
-
-    if layout == "anndata" and n_cells <= IN_MEMORY_MAX_CELLS:
-        adata = make_expression(n_cells, n_genes, seed)
-        if format == "h5ad":
-            adata.write_h5ad(path)
-        else:
-            with ad.settings.override(zarr_write_format=zarr_format, auto_shard_zarr_v3=sharded):
-                adata.write_zarr(path)
-        return
-
-    model = _build_model(n_genes, seed)
-    source = _BlockSource(model, jobs)
-    tmp = path.parent / f".{path.name}.synth-tmp-{os.getpid()}"
-    bar = _progress(n_cells, progress, f"synth {path.name}")
-    try:
-        if layout == "annbatch":
-            _write_annbatch(path, model, n_cells, source, tmp, chunk_rows, n_datasets, bar)
-        else:
-            _write_anndata_streaming(path, model, n_cells, source, tmp, format, zarr_format,
-                                     sharded, bar)
-    finally:
-        source.close()
-        bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
