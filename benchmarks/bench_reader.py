@@ -268,7 +268,7 @@ def render_markdown(report: dict) -> str:
         f"codec pipeline `{versions.get('annbatch_codec_pipeline', '?')}`; yields scipy CSR.",
         f"- biodali: `fn.biodali.readers.anndata(random_shuffle=True, chunk_size, preload_chunks, "
         f"num_io_threads={a['num_io_threads']}, prefetch_windows={a['prefetch_windows']})` in a CPU "
-        "DALI pipeline (num_threads = cores, prefetch_queue_depth 2); batches as CSR numpy arrays"
+        "DALI pipeline (num_threads = cores, prefetch_queue_depth 1); batches as CSR numpy arrays"
         + (" wrapped in scipy.sparse.csr_matrix." if a.get("biodali_scipy") else
            " (data, indices, indptr) via biodali.batch.ragged_to_flat."),
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.get("packages", {}).items())),

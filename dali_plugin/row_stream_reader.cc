@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string>
+#include <unordered_map>
 
 #include "common/error.h"
 
@@ -72,12 +73,22 @@ RowStreamReader::RowStreamReader(const dali::OpSpec &spec, std::shared_ptr<const
   this->SetInitialSnapshot();
 }
 
+void RowStreamReader::ReleaseWindows(std::vector<std::shared_ptr<RowSample>> &batch) {
+  // A sample object referenced only by this batch (possibly several times: padding repeats the
+  // last sample) can drop its window. One shared elsewhere (the Loader keeps its last sample
+  // for padding; a padded batch may span two slots) keeps it until its last holder is here.
+  std::unordered_map<const RowSample *, long> occurrences;
+  for (const auto &sample : batch)
+    if (sample) ++occurrences[sample.get()];
+  for (auto &sample : batch)
+    if (sample && sample->ref.window && sample.use_count() == occurrences[sample.get()])
+      sample->ref.window.reset();
+}
+
 void RowStreamReader::Prefetch() {
-  // Samples of the batch slot about to be refilled were consumed; drop their window references
-  // so recycled samples do not keep old windows alive. A sample still shared (the Loader keeps
-  // its last sample for padding) is left alone.
-  for (auto &sample : prefetched_batch_queue_[curr_batch_producer_])
-    if (sample && sample.use_count() == 1) sample->ref.window.reset();
+  // Samples of the slot about to be refilled go back to the Loader's pool: make sure they do
+  // not carry window references there.
+  ReleaseWindows(prefetched_batch_queue_[curr_batch_producer_]);
   DataReader::Prefetch();
 }
 
@@ -145,6 +156,9 @@ void RowStreamReader::RunImpl(dali::Workspace &ws) {
     }, end - begin);
   }
   pool.RunAll();
+  // The rows are copied out: release their windows now, since the stream cannot load the next
+  // window while 1 + prefetch_windows are referenced.
+  ReleaseWindows(GetCurrBatch());
 }
 
 }  // namespace biodali::plugin

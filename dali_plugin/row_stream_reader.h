@@ -52,6 +52,7 @@ class RowStreamReader : public dali::DataReader<dali::CPUBackend, RowSample, Row
   void RunImpl(dali::Workspace &ws) override;
 
  private:
+  static void ReleaseWindows(std::vector<std::shared_ptr<RowSample>> &batch);
   std::shared_ptr<RowStream> stream_;
   std::vector<FieldSpec> fields_;
   std::vector<DType> output_dtypes_;  // per field (after the optional cast)

@@ -20,7 +20,7 @@ RowStream::RowStream(std::shared_ptr<const RowSource> source, StreamOptions opti
     : source_(std::move(source)),
       options_(options),
       pool_(DefaultThreads(options.num_io_threads)),
-      window_pool_(std::make_shared<WindowPool>(options.prefetch_windows + 2)) {
+      window_pool_(std::make_shared<WindowPool>(1 + std::max(1, options.prefetch_windows))) {
   if (options_.prefetch_windows < 1) options_.prefetch_windows = 1;
   const auto &shard = options_.shard;
   if (shard.num_shards < 1 || shard.shard_id < 0 || shard.shard_id >= shard.num_shards)
@@ -70,7 +70,9 @@ void RowStream::AcquireWindowFor(int64_t epoch, int64_t position) {
     LoadedWindow next;
     {
       std::unique_lock<std::mutex> lock(mutex_);
+      consumer_starved_ = queue_.empty();
       queue_changed_.wait(lock, [&] { return !queue_.empty() || producer_done_; });
+      consumer_starved_ = false;
       if (queue_.empty()) {
         lock.unlock();
         StopProducer();  // finished without an error: cannot happen, but never spin
@@ -150,7 +152,15 @@ void RowStream::ProducerLoop(int64_t epoch, int64_t position) {
       std::vector<int32_t> order(wp.rows.size());
       std::iota(order.begin(), order.end(), 0);
       std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return wp.rows[a] < wp.rows[b]; });
-      std::shared_ptr<Window> window_data = window_pool_->Acquire();
+      // Blocks while 1 + prefetch_windows windows are alive (held here or by rows not yet
+      // copied out): the memory bound.
+      std::shared_ptr<Window> window_data = window_pool_->Acquire(
+          [this] {
+            std::lock_guard<std::mutex> lock(mutex_);
+            return stop_;
+          },
+          [this] { return consumer_starved_.load(); });
+      if (!window_data) break;
       window_data->rows.resize(wp.rows.size());
       loaded.slot_of_position.resize(wp.rows.size());
       for (size_t slot = 0; slot < order.size(); ++slot) {

@@ -1,10 +1,13 @@
 // The stream of rows one reader (one shard) yields, epoch after epoch, with windows loaded ahead
 // on the reader's own I/O threads while the consumer works.
 //
-// Memory: at most 1 + prefetch_windows windows are held here (the one being consumed and those
-// loaded ahead); rows handed out keep their window alive until the caller drops them.
+// Memory: at most 1 + prefetch_windows windows exist at once, counting those still referenced by
+// rows handed out: the producer waits for one to be released before loading the next. Only when
+// the consumer is starved (a batch spans more windows than that, e.g. small windows clipped at
+// shard ends) does it load one more.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -94,6 +97,7 @@ class RowStream {
   std::deque<LoadedWindow> queue_;
   bool stop_ = false;
   bool producer_done_ = false;
+  std::atomic<bool> consumer_starved_{false};
 };
 
 }  // namespace biodali

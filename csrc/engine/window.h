@@ -4,6 +4,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -73,23 +76,36 @@ struct Window {
 };
 
 // Windows handed out as shared_ptrs come back here when the last row referencing them is
-// dropped, so their buffers are reused instead of re-allocated.
+// dropped, so their buffers are reused instead of re-allocated. At most `max_windows` exist at
+// once (in use or free): that is the reader's memory bound.
 class WindowPool : public std::enable_shared_from_this<WindowPool> {
  public:
-  explicit WindowPool(size_t max_free) : max_free_(max_free) {}
-  std::shared_ptr<Window> Acquire();
+  explicit WindowPool(int max_windows) : max_windows_(max_windows) {}
+  // Waits until fewer than max_windows windows are in use, or `may_exceed()` (the consumer
+  // cannot progress without a new window: its batch spans more windows than the bound);
+  // returns null if `cancelled()` turns true while waiting. Both are polled every few ms.
+  std::shared_ptr<Window> Acquire(const std::function<bool()> &cancelled,
+                                  const std::function<bool()> &may_exceed);
 
  private:
   void Release(Window *window);
   std::mutex mutex_;
+  std::condition_variable released_;
   std::vector<std::unique_ptr<Window>> free_;
-  size_t max_free_;
+  int in_use_ = 0;
+  int max_windows_;
 };
 
-inline std::shared_ptr<Window> WindowPool::Acquire() {
+inline std::shared_ptr<Window> WindowPool::Acquire(const std::function<bool()> &cancelled,
+                                                   const std::function<bool()> &may_exceed) {
   std::unique_ptr<Window> window;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (in_use_ >= max_windows_ && !may_exceed()) {
+      if (cancelled()) return nullptr;
+      released_.wait_for(lock, std::chrono::milliseconds(5));
+    }
+    ++in_use_;
     if (!free_.empty()) {
       window = std::move(free_.back());
       free_.pop_back();
@@ -108,8 +124,12 @@ inline std::shared_ptr<Window> WindowPool::Acquire() {
 
 inline void WindowPool::Release(Window *window) {
   std::unique_ptr<Window> owned(window);
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (free_.size() < max_free_) free_.push_back(std::move(owned));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --in_use_;
+    if (static_cast<int>(free_.size()) < max_windows_) free_.push_back(std::move(owned));
+  }
+  released_.notify_all();
 }
 
 }  // namespace biodali

@@ -36,7 +36,7 @@ def main(args) -> int:
     path = ensure_dataset(data_dir, args.n_cells)
 
     @pipeline_def(batch_size=args.batch_size, num_threads=os.cpu_count() or 2, device_id=None,
-                  prefetch_queue_depth=2)
+                  prefetch_queue_depth=1)
     def pipe():
         values, indices, cell_type, row = fn.biodali.readers.anndata(
             path=str(path), obs_columns=["cell_type"], random_shuffle=True, seed=0,
