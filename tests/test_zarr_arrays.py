@@ -447,17 +447,23 @@ def test_random_corruption_never_crashes(tmp_path, codec):
     data = make_data((50, 40), "int32")
     path = write_v2(tmp_path / "a", data, (50, 40), v2_compressor(codec))
     victim = chunk_files(path)[0]
-    original = open(victim, "rb").read()
-    rng = np.random.default_rng(0)
-    for _ in range(60):
-        blob = bytearray(original)
-        for pos in rng.integers(0, len(blob), size=int(rng.integers(1, 5))):
-            blob[pos] ^= int(rng.integers(1, 256))
-        open(victim, "wb").write(bytes(blob))
+    for _ in corrupted_copies(victim, np.random.default_rng(0)):
         try:
             bt.read_array(path)
         except RuntimeError as exc:
             assert victim in str(exc)
+
+
+def corrupted_copies(victim, rng, rounds=60):
+    """Rewrites `victim` `rounds` times, each time its original bytes with 1-4 random bytes
+    flipped; yields after each rewrite."""
+    original = open(victim, "rb").read()
+    for _ in range(rounds):
+        blob = bytearray(original)
+        for pos in rng.integers(0, len(blob), size=int(rng.integers(1, 5))):
+            blob[pos] ^= int(rng.integers(1, 256))
+        open(victim, "wb").write(bytes(blob))
+        yield
 
 
 @pytest.mark.parametrize("where", ["data", "inner-chunk", "shard-index"])
