@@ -31,6 +31,8 @@ class RowStreamLoader : public dali::Loader<dali::CPUBackend, RowSample, true> {
 
  protected:
   dali::Index SizeImpl() override { return stream_->source().num_rows(); }
+  // DALI calls Reset only when restoring a checkpoint (RestoreEpochState), always to the start
+  // of the snapshot's epoch; the stream crosses shard and epoch ends by itself.
   void Reset(bool) override { stream_->Seek(restored_epoch_, 0); }
   void RestoreStateImpl(const dali::LoaderStateSnapshot &state) override {
     restored_epoch_ = state.current_epoch;
@@ -43,7 +45,6 @@ class RowStreamLoader : public dali::Loader<dali::CPUBackend, RowSample, true> {
 
 class RowStreamReader : public dali::DataReader<dali::CPUBackend, RowSample, RowSample, true> {
  public:
-  // `source` must outlive nothing: the reader owns it through the stream.
   RowStreamReader(const dali::OpSpec &spec, std::shared_ptr<const RowSource> source);
 
  protected:

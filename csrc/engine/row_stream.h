@@ -55,9 +55,6 @@ class RowStream {
   // Advances one row without reading it.
   void Skip();
 
-  int64_t epoch() const { return epoch_; }
-  int64_t position() const { return position_; }
-
  private:
   struct LoadedWindow {
     int64_t epoch = 0;

@@ -68,11 +68,6 @@ struct Window {
   std::vector<FieldData> fields;  // parallel to RowSource::fields()
 
   int64_t num_slots() const { return static_cast<int64_t>(rows.size()); }
-  size_t nbytes() const {
-    size_t n = rows.size() * sizeof(int64_t);
-    for (const auto &f : fields) n += f.data.nbytes() + f.offsets.size() * sizeof(int64_t);
-    return n;
-  }
 };
 
 // Windows handed out as shared_ptrs come back here when the last row referencing them is
