@@ -43,6 +43,12 @@ class CodecChain final : public ArrayToBytesCodec {
   // is a slice of the stored bytes, so a reader can read just that slice) and
   // bytes -> blosc [-> crc32c] (only the blosc blocks covering the range are decompressed).
   bool SupportsPartialDecode() const { return range_mode_ != RangeMode::kFullDecode; }
+  // True when a range can be decoded from the blosc frame's header, block table and the blocks
+  // it needs alone (blosc is the only bytes -> bytes codec: no checksum over the whole chunk),
+  // so a reader may read just those parts of the stored chunk.
+  bool SupportsSelectiveRead() const {
+    return range_mode_ == RangeMode::kBlosc && bytes_to_bytes_.size() == 1;
+  }
 
   // True when an encoded chunk is just its elements (no bytes->bytes codecs): a reader then
   // reads the file straight into the destination and calls FinishInPlace.
