@@ -8,6 +8,11 @@
 namespace biodali {
 namespace {
 
+StreamOptions Normalized(StreamOptions options) {
+  options.prefetch_windows = std::max(1, options.prefetch_windows);
+  return options;
+}
+
 int DefaultThreads(int requested) {
   if (requested > 0) return requested;
   unsigned n = std::thread::hardware_concurrency();
@@ -18,10 +23,9 @@ int DefaultThreads(int requested) {
 
 RowStream::RowStream(std::shared_ptr<const RowSource> source, StreamOptions options)
     : source_(std::move(source)),
-      options_(options),
+      options_(Normalized(options)),
       pool_(DefaultThreads(options.num_io_threads)),
-      window_pool_(std::make_shared<WindowPool>(1 + std::max(1, options.prefetch_windows))) {
-  if (options_.prefetch_windows < 1) options_.prefetch_windows = 1;
+      window_pool_(std::make_shared<WindowPool>(1 + options_.prefetch_windows)) {
   const auto &shard = options_.shard;
   if (shard.num_shards < 1 || shard.shard_id < 0 || shard.shard_id >= shard.num_shards)
     throw Error(StrCat("invalid shard_id ", shard.shard_id, " for num_shards ", shard.num_shards));
