@@ -66,7 +66,9 @@ class BuildPlugin(Command):
         dali_version, dali_flags, dali_lib = _dali()
         flavor_flags = os.environ.get("BIODALI_CXXFLAGS", "-O3 -DNDEBUG").split()
         common = (
-            ["-std=c++20", "-fPIC", "-Wall", "-Wextra", "-fvisibility=hidden"]
+            # -ffp-contract=off: no fused multiply-add, so CPU twins and CUDA kernels (-fmad=false)
+            # round identically.
+            ["-std=c++20", "-fPIC", "-Wall", "-Wextra", "-fvisibility=hidden", "-ffp-contract=off"]
             + flavor_flags
             # DALI's headers are not -Wextra clean: include them as system headers.
             + [("-isystem" + f[2:]) if f.startswith("-I") else f for f in dali_flags]
@@ -90,7 +92,8 @@ class BuildPlugin(Command):
                     and obj.stat().st_mtime >= max(src.stat().st_mtime, header_mtime)):
                 return obj, None
             if src.suffix == ".cu":
-                cmd = [nvcc, "-std=c++20", "-O3", "-Xcompiler", "-fPIC,-Wall,-Wextra",
+                cmd = [nvcc, "-std=c++20", "-O3", "-fmad=false", "--expt-relaxed-constexpr",
+                       "-Xcompiler", "-fPIC,-Wall,-Wextra,-fvisibility=hidden",
                        "-gencode", "arch=compute_80,code=sm_80",
                        "-gencode", "arch=compute_90,code=[sm_90,compute_90]"] + [
                            f for f in common if f.startswith(("-I", "-D", "-isystem"))] + [
@@ -119,7 +122,8 @@ class BuildPlugin(Command):
                    "-lblosc", "-lzstd", "-lz", "-lpthread"])
         if nvcc and cuda_srcs:
             cuda_lib = Path(nvcc).resolve().parent.parent / "lib64"
-            link += [f"-L{cuda_lib}", "-lcudart"]
+            # Static cudart, as DALI's own plugins: nothing to find at load time on CPU-only hosts.
+            link += [f"-L{cuda_lib}", "-lcudart_static", "-ldl", "-lrt"]
         subprocess.run(link, check=True)
         (PACKAGE_DIR / "_build_info.json").write_text(json.dumps(
             {"dali_version": dali_version, "cuda_kernels": bool(nvcc and cuda_srcs)}))

@@ -1,0 +1,250 @@
+// CPU twins of the expression transforms (see transforms.h).
+#include "expression/transforms.h"
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "common/error.h"
+#include "expression/value_types.h"
+
+namespace biodali::expression {
+namespace {
+
+template <typename T>
+bool IsNegativeOrNaN(T v) {
+  if constexpr (std::is_floating_point_v<T>) return !(v >= 0);
+  else if constexpr (std::is_signed_v<T>) return v < 0;
+  else return false;
+}
+
+template <typename T>
+[[noreturn]] void FailValue(const char *what, T v, int64_t element) {
+  if constexpr (std::is_floating_point_v<T>)
+    throw Error(StrCat(what, " (value ", static_cast<double>(v), " at element ", element, ")"));
+  else
+    throw Error(StrCat(what, " (value ", static_cast<int64_t>(v), " at element ", element, ")"));
+}
+
+// An integer count, or a throw: downsample works on counts only.
+template <typename T>
+uint64_t CountOf(T v, int64_t element) {
+  if constexpr (std::is_floating_point_v<T>) {
+    if (!(v >= 0) || v != std::floor(v) || v >= 9007199254740992.0)
+      FailValue("downsample needs non-negative integer counts", v, element);
+  } else if constexpr (std::is_signed_v<T>) {
+    if (v < 0) FailValue("downsample needs non-negative integer counts", v, element);
+  }
+  return static_cast<uint64_t>(v);
+}
+
+float HalfBitsToFloat(uint16_t bits) {
+  uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+  uint32_t exponent = (bits >> 10) & 0x1Fu, mantissa = bits & 0x3FFu;
+  float magnitude;
+  if (exponent == 0) magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+  else if (exponent == 31) magnitude = mantissa ? NAN : INFINITY;
+  else magnitude = std::ldexp(static_cast<float>(mantissa | 0x400u), static_cast<int>(exponent) - 25);
+  uint32_t out;
+  memcpy(&out, &magnitude, sizeof(out));
+  out |= sign;
+  memcpy(&magnitude, &out, sizeof(out));
+  return magnitude;
+}
+
+float BFloat16BitsToFloat(uint16_t bits) {
+  uint32_t widened = static_cast<uint32_t>(bits) << 16;
+  float out;
+  memcpy(&out, &widened, sizeof(out));
+  return out;
+}
+
+}  // namespace
+
+bool IsSupportedValueType(DType dtype) {
+  return dtype != DType::kFloat16 && dtype != DType::kBool;
+}
+
+template <typename T>
+void NormalizeRow(const T *values, int64_t nnz, const NormalizeOptions &options, float *out) {
+  double total = 0;
+  for (int64_t j = 0; j < nnz; ++j) {
+    if (IsNegativeOrNaN(values[j])) FailValue("normalize needs non-negative values", values[j], j);
+    total += static_cast<double>(values[j]);
+  }
+  double scale = total > 0 ? options.target_sum / total : 0.0;
+  for (int64_t j = 0; j < nnz; ++j) {
+    double scaled = static_cast<double>(values[j]) * scale;
+    out[j] = static_cast<float>(options.log1p ? std::log1p(scaled) : scaled);
+  }
+}
+
+GeneSelection::GeneSelection(const std::vector<int64_t> &genes) {
+  if (genes.empty()) throw Error("the gene list is empty");
+  int64_t max_column = -1;
+  for (int64_t g : genes) {
+    if (g < 0) throw Error(StrCat("gene column ", g, " is negative"));
+    if (g > INT32_MAX) throw Error(StrCat("gene column ", g, " does not fit int32 indices"));
+    max_column = std::max(max_column, g);
+  }
+  table_.assign(static_cast<size_t>(max_column + 1), -1);
+  for (size_t position = 0; position < genes.size(); ++position) {
+    int32_t &slot = table_[genes[position]];
+    if (slot >= 0)
+      throw Error(StrCat("gene column ", genes[position], " is listed twice (positions ", slot,
+                         " and ", position, ")"));
+    slot = static_cast<int32_t>(position);
+  }
+  num_selected_ = static_cast<int64_t>(genes.size());
+}
+
+void SelectRow(const int32_t *indices, int64_t nnz, const GeneSelection &genes,
+               std::vector<std::pair<int32_t, int32_t>> *kept, std::vector<int32_t> *slots) {
+  kept->clear();
+  for (int64_t j = 0; j < nnz; ++j) {
+    if (indices[j] < 0) throw Error(StrCat("negative column index ", indices[j], " at element ", j));
+    int32_t position = genes.PositionOf(indices[j]);
+    if (position >= 0) kept->emplace_back(position, static_cast<int32_t>(j));
+  }
+  // Order by position: a sort when few entries survive, else one sweep over slot table.
+  if (static_cast<int64_t>(kept->size()) * 8 < genes.size()) {
+    std::sort(kept->begin(), kept->end());
+    for (size_t k = 1; k < kept->size(); ++k)
+      if ((*kept)[k].first == (*kept)[k - 1].first)
+        throw Error(StrCat("column ", indices[(*kept)[k].second], " appears twice in the row"));
+    return;
+  }
+  slots->assign(static_cast<size_t>(genes.size()), -1);
+  for (auto [position, element] : *kept) {
+    if ((*slots)[position] >= 0)
+      throw Error(StrCat("column ", indices[element], " appears twice in the row"));
+    (*slots)[position] = element;
+  }
+  kept->clear();
+  for (int32_t position = 0; position < static_cast<int32_t>(slots->size()); ++position)
+    if ((*slots)[position] >= 0) kept->emplace_back(position, (*slots)[position]);
+}
+
+size_t DenseTypeSize(DenseType type) { return type == DenseType::kFloat32 ? 4 : 2; }
+
+template <typename T>
+void DensifyRow(const T *values, const int32_t *indices, int64_t nnz, const DensifyOptions &options,
+                void *out) {
+  int64_t length = options.genes ? options.genes->size() : options.n_features;
+  memset(out, 0, static_cast<size_t>(length) * DenseTypeSize(options.type));
+  for (int64_t j = 0; j < nnz; ++j) {
+    int64_t column = indices[j];
+    if (column < 0 || (options.n_features > 0 && column >= options.n_features))
+      throw Error(StrCat("column index ", column, " at element ", j, " is outside [0, ",
+                         options.n_features, ")"));
+    int64_t slot = options.genes ? options.genes->PositionOf(column) : column;
+    if (slot < 0) continue;
+    float v = static_cast<float>(values[j]);
+    switch (options.type) {
+      case DenseType::kFloat32: static_cast<float *>(out)[slot] += v; break;
+      case DenseType::kFloat16: {
+        uint16_t &h = static_cast<uint16_t *>(out)[slot];
+        h = FloatToHalfBits(HalfBitsToFloat(h) + v);
+        break;
+      }
+      case DenseType::kBFloat16: {
+        uint16_t &b = static_cast<uint16_t *>(out)[slot];
+        b = FloatToBFloat16Bits(BFloat16BitsToFloat(b) + v);
+        break;
+      }
+    }
+  }
+}
+
+double ThinningProbability(uint64_t row_total, double fraction, double target_total) {
+  if (fraction >= 0) return fraction;
+  if (row_total == 0 || static_cast<double>(row_total) <= target_total) return 1.0;
+  return target_total / static_cast<double>(row_total);
+}
+
+template <typename T>
+void DownsampleRow(const T *values, int64_t nnz, double fraction, double target_total,
+                   const RowRandom &random, T *out) {
+  uint64_t total = 0;
+  for (int64_t j = 0; j < nnz; ++j) total += CountOf(values[j], j);
+  uint64_t threshold = ProbabilityThreshold(ThinningProbability(total, fraction, target_total));
+  for (int64_t j = 0; j < nnz; ++j) {
+    uint64_t count = static_cast<uint64_t>(values[j]);
+    out[j] = static_cast<T>(random.CountSuccesses(static_cast<uint32_t>(j), count, threshold));
+  }
+}
+
+template <typename T>
+void MaskRow(const T *values, const int32_t *indices, int64_t nnz, double probability,
+             const RowRandom &random, T *out) {
+  uint64_t threshold = ProbabilityThreshold(probability);
+  for (int64_t j = 0; j < nnz; ++j) {
+    uint32_t key = indices ? static_cast<uint32_t>(indices[j]) : static_cast<uint32_t>(j);
+    out[j] = random.Draw(key, 0) < threshold ? T(0) : values[j];
+  }
+}
+
+template <typename T>
+int64_t RankTokensRow(const T *values, const int32_t *indices, int64_t nnz, const float *medians,
+                      int64_t n_medians, const RankTokensOptions &options, int32_t *tokens,
+                      std::vector<std::pair<double, int32_t>> *scratch) {
+  scratch->clear();
+  for (int64_t j = 0; j < nnz; ++j) {
+    if (IsNegativeOrNaN(values[j])) FailValue("rank_tokens needs non-negative values", values[j], j);
+    int32_t column = indices[j];
+    if (column < 0) throw Error(StrCat("negative column index ", column, " at element ", j));
+    if (values[j] == T(0) || column >= n_medians || !(medians[column] > 0)) continue;
+    // Dividing by the cell's total as well would not change the order; it is left out so no
+    // extra rounding can merge two values.
+    scratch->emplace_back(static_cast<double>(values[j]) / static_cast<double>(medians[column]),
+                          column);
+  }
+  auto higher_first = [](const std::pair<double, int32_t> &a, const std::pair<double, int32_t> &b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  int64_t length = std::min<int64_t>(static_cast<int64_t>(scratch->size()), options.max_length);
+  std::partial_sort(scratch->begin(), scratch->begin() + length, scratch->end(), higher_first);
+  for (int64_t k = 0; k < length; ++k) tokens[k] = (*scratch)[k].second + options.token_offset;
+  for (int64_t k = length; k < options.max_length; ++k) tokens[k] = options.pad_id;
+  return length;
+}
+
+template <typename T>
+void BinValuesRow(const T *values, int64_t nnz, int n_bins, int32_t *out,
+                  std::vector<double> *scratch) {
+  scratch->clear();
+  for (int64_t j = 0; j < nnz; ++j) {
+    if (IsNegativeOrNaN(values[j])) FailValue("bin_values needs non-negative values", values[j], j);
+    if (values[j] != T(0)) scratch->push_back(static_cast<double>(values[j]));
+  }
+  int64_t n = static_cast<int64_t>(scratch->size());
+  std::sort(scratch->begin(), scratch->end());
+  int num_edges = n_bins - 1;
+  std::vector<double> edges(num_edges);
+  if (n > 0)
+    for (int k = 0; k < num_edges; ++k)
+      edges[k] = LinearQuantile(scratch->data(), n, LinspaceUnit(k, num_edges));
+  for (int64_t j = 0; j < nnz; ++j) {
+    if (values[j] == T(0)) {
+      out[j] = 0;
+      continue;
+    }
+    double v = static_cast<double>(values[j]);
+    out[j] = static_cast<int32_t>(std::upper_bound(edges.begin(), edges.end(), v) - edges.begin());
+  }
+}
+
+#define BIODALI_INSTANTIATE(T)                                                                   \
+  template void NormalizeRow<T>(const T *, int64_t, const NormalizeOptions &, float *);          \
+  template void DensifyRow<T>(const T *, const int32_t *, int64_t, const DensifyOptions &,       \
+                              void *);                                                           \
+  template void DownsampleRow<T>(const T *, int64_t, double, double, const RowRandom &, T *);    \
+  template void MaskRow<T>(const T *, const int32_t *, int64_t, double, const RowRandom &, T *); \
+  template int64_t RankTokensRow<T>(const T *, const int32_t *, int64_t, const float *, int64_t, \
+                                    const RankTokensOptions &, int32_t *,                        \
+                                    std::vector<std::pair<double, int32_t>> *);                  \
+  template void BinValuesRow<T>(const T *, int64_t, int, int32_t *, std::vector<double> *);
+BIODALI_FOR_EACH_VALUE_TYPE(BIODALI_INSTANTIATE)
+#undef BIODALI_INSTANTIATE
+
+}  // namespace biodali::expression
