@@ -1,4 +1,5 @@
-"""The ``biodali`` command: ``biodali synth expression ...`` and ``biodali demo``.
+"""The ``biodali`` command: ``biodali synth expression ...``, ``biodali convert ...`` and
+``biodali demo``.
 
 Subcommands import their module only when run, so ``biodali --help`` stays fast.
 """
@@ -61,6 +62,55 @@ def _run_synth_expression(args) -> int:
     return 0
 
 
+def _add_convert(sub) -> None:
+    conv = sub.add_parser(
+        "convert", help="h5ad / AnnData zarr / annbatch collections -> a shuffled annbatch collection",
+        description="Converts INPUTs (h5ad files, AnnData zarr stores, annbatch collections, in "
+                    "any mix) into one annbatch 0.3.1 preshuffled collection (zarr v3, sharded), "
+                    "out of core: a full random permutation of all rows with memory bounded by "
+                    "--max-memory. obs keeps the inputs' columns plus src_path and src_row.")
+    conv.add_argument("inputs", nargs="+", metavar="INPUT")
+    conv.add_argument("--output", "-o", type=Path, required=True, help="the collection (.zarr)")
+    conv.add_argument("--var-join", choices=("inner", "outer"), default="inner",
+                      help="inner: genes in every input; outer: all genes, missing ones are zeros")
+    conv.add_argument("--genes", type=Path, default=None,
+                      help="file with one gene name per line: exactly the output var, in order")
+    conv.add_argument("--obs-columns", nargs="*", default=None, metavar="COLUMN",
+                      help="obs columns to keep (default: all; none given: only provenance)")
+    conv.add_argument("--layer", default=None, help="convert layers/LAYER instead of X")
+    conv.add_argument("--chunk-rows", type=_positive_int, default=64,
+                      help="rows per inner chunk (x the mean row length), annbatch's default 64")
+    conv.add_argument("--shard-size", default="1GB", help="uncompressed bytes per shard (1GB)")
+    conv.add_argument("--dataset-size", default="4GB",
+                      help="uncompressed CSR bytes per dataset_k (annbatch's dataset_size)")
+    conv.add_argument("--codec", choices=("blosc-lz4", "zstd"), default="blosc-lz4")
+    conv.add_argument("--no-shuffle", dest="shuffle", action="store_false",
+                      help="keep the inputs' row order")
+    conv.add_argument("--seed", type=int, default=0)
+    conv.add_argument("--max-memory", default="4GB", help="bound on this process's memory")
+    conv.add_argument("--append", action="store_true",
+                      help="add the inputs to an existing collection as new datasets")
+    conv.add_argument("--quiet", action="store_true", help="no progress bars")
+    conv.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from biodali import convert
+
+    try:
+        path = convert.convert(
+            args.inputs, args.output, var_join=args.var_join, genes=args.genes,
+            obs_columns=args.obs_columns, layer=args.layer, chunk_rows=args.chunk_rows,
+            shard_size=args.shard_size, codec=args.codec, shuffle=args.shuffle, seed=args.seed,
+            max_memory=args.max_memory, dataset_size=args.dataset_size, append=args.append,
+            progress=not args.quiet)
+    except convert.ConvertError as exc:
+        print(f"biodali convert: error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="train a small cell-type classifier fed by the reader")
     demo.add_argument("--n-cells", type=_positive_int, default=200_000)
@@ -82,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="biodali", description="biodali: DALI readers and operators for biological data")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(sub)
+    _add_convert(sub)
     _add_demo(sub)
     return parser
 

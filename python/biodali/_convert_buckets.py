@@ -1,0 +1,113 @@
+"""Buckets of ``biodali convert``'s out-of-core shuffle: raw files of CSR non-zeros on disk.
+
+Rows are appended to their bucket in increasing global row number (inputs are read in order),
+so a bucket's file order is known from the plan alone and no per-row header is stored: the rows
+of bucket b are the global rows whose output positions fall in b, sorted."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+PIECE_ELEMS = 1 << 22  # non-zeros gathered per numpy take while putting a bucket in order
+
+
+def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(values), dtype=np.int64)
+    if len(values) > 1:
+        np.cumsum(values[:-1], out=out[1:])
+    return out
+
+
+def gather_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Element positions of the rows (start, length), concatenated in the given order."""
+    total = int(lengths.sum())
+    return np.repeat(starts - _exclusive_cumsum(lengths), lengths) + np.arange(total,
+                                                                               dtype=np.int64)
+
+
+class BucketFiles:
+    """Per bucket two append-only files: values and column indices, in the output dtypes."""
+
+    def __init__(self, directory: Path, n_buckets: int, value_dtype, index_dtype):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.n_buckets = n_buckets
+        self.value_dtype, self.index_dtype = np.dtype(value_dtype), np.dtype(index_dtype)
+
+    def _path(self, bucket: int, kind: str) -> Path:
+        return self.dir / f"{bucket}.{kind}"
+
+    def scatter(self, row_bucket: np.ndarray, data: np.ndarray, indices: np.ndarray,
+                lengths: np.ndarray) -> None:
+        """Appends each row (data/indices split by lengths) to the bucket row_bucket names."""
+        if len(lengths) == 0:
+            return
+        order = np.argsort(row_bucket, kind="stable")  # stable: rows stay in global order
+        sorted_bucket = row_bucket[order]
+        sorted_lengths = lengths[order]
+        if np.array_equal(order, np.arange(len(order))):
+            values, columns = data, indices
+        else:
+            src = gather_index(_exclusive_cumsum(lengths)[order], sorted_lengths)
+            values, columns = data[src], indices[src]
+            del src
+        values = values.astype(self.value_dtype, copy=False)
+        columns = columns.astype(self.index_dtype, copy=False)
+        ends = np.cumsum(sorted_lengths)
+        run_ends = np.append(np.flatnonzero(np.diff(sorted_bucket)) + 1, len(order))
+        first_row = 0
+        for last_row in run_ends:
+            e0 = int(ends[first_row - 1]) if first_row else 0
+            e1 = int(ends[last_row - 1])
+            bucket = int(sorted_bucket[first_row])
+            with open(self._path(bucket, "data"), "ab") as f:
+                values[e0:e1].tofile(f)
+            with open(self._path(bucket, "indices"), "ab") as f:
+                columns[e0:e1].tofile(f)
+            first_row = last_row
+
+    def read(self, bucket: int, nnz: int) -> tuple[np.ndarray, np.ndarray]:
+        """The bucket's non-zeros, in file order."""
+        out = []
+        for kind, dtype in (("data", self.value_dtype), ("indices", self.index_dtype)):
+            path = self._path(bucket, kind)
+            arr = np.fromfile(path, dtype=dtype) if path.exists() else np.empty(0, dtype)
+            if len(arr) != nnz:
+                raise RuntimeError(f"bucket file {path} holds {len(arr)} elements, expected {nnz}")
+            out.append(arr)
+        return out[0], out[1]
+
+    def remove(self, bucket: int) -> None:
+        for kind in ("data", "indices"):
+            try:
+                os.unlink(self._path(bucket, kind))
+            except FileNotFoundError:
+                pass
+
+    def remove_all(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def in_position_order(rows: np.ndarray, row_nnz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For a bucket's global rows listed in output order: each row's start in the bucket's
+    arrays (which hold the rows in increasing global row number) and its length."""
+    rows_in_file = np.sort(rows)
+    lengths_in_file = row_nnz[rows_in_file]
+    file_row = np.searchsorted(rows_in_file, rows)
+    return _exclusive_cumsum(lengths_in_file)[file_row], lengths_in_file[file_row]
+
+
+def row_pieces(starts: np.ndarray, lengths: np.ndarray, piece_elems: int | None = None):
+    """(first row, end row, gather index) over runs of rows of about piece_elems non-zeros."""
+    piece_elems = piece_elems or PIECE_ELEMS
+    ends = np.cumsum(lengths)
+    i, n = 0, len(lengths)
+    while i < n:
+        base = int(ends[i - 1]) if i else 0
+        j = int(np.searchsorted(ends, base + piece_elems, side="right"))
+        j = min(n, max(j, i + 1))
+        yield i, j, gather_index(starts[i:j], lengths[i:j])
+        i = j
