@@ -96,7 +96,9 @@ class BuildPlugin(Command):
                        "-Xcompiler", "-fPIC,-Wall,-Wextra,-fvisibility=hidden",
                        "-gencode", "arch=compute_80,code=sm_80",
                        "-gencode", "arch=compute_90,code=[sm_90,compute_90]"] + [
-                           f for f in common if f.startswith(("-I", "-D", "-isystem"))] + [
+                           part for f in common if f.startswith(("-I", "-D", "-isystem"))
+                           # nvcc wants "-isystem DIR" as two words
+                           for part in (["-isystem", f[8:]] if f.startswith("-isystem") else [f])] + [
                        "-c", str(src), "-o", str(obj)]
             else:
                 cmd = [os.environ.get("CXX", "g++")] + common + ["-c", str(src), "-o", str(obj)]
@@ -121,7 +123,10 @@ class BuildPlugin(Command):
                 + [f"-L{dali_lib}", "-ldali", "-ldali_operators", f"-Wl,-rpath,{dali_lib}",
                    "-lblosc", "-lzstd", "-lz", "-lpthread"])
         if nvcc and cuda_srcs:
-            cuda_lib = Path(nvcc).resolve().parent.parent / "lib64"
+            cuda_home = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
+            cuda_lib = next((d for d in (cuda_home / "lib64", cuda_home / "lib",
+                                         Path(nvcc).resolve().parent.parent / "lib64")
+                             if (d / "libcudart_static.a").exists()), cuda_home / "lib64")
             # Static cudart, as DALI's own plugins: nothing to find at load time on CPU-only hosts.
             link += [f"-L{cuda_lib}", "-lcudart_static", "-ldl", "-lrt"]
         subprocess.run(link, check=True)

@@ -94,7 +94,8 @@ inline std::vector<float> GeneMediansFrom(const dali::OpSpec &spec) {
 
 inline int NumBinsFrom(const dali::OpSpec &spec) {
   int n_bins = spec.GetArgument<int>("n_bins");
-  if (n_bins < 2) throw Error(StrCat("n_bins must be >= 2, got ", n_bins));
+  // The GPU keeps a row's bin edges in shared memory: 4096 doubles at most.
+  if (n_bins < 2 || n_bins > 4097) throw Error(StrCat("n_bins must be in [2, 4097], got ", n_bins));
   return n_bins;
 }
 

@@ -92,6 +92,14 @@ BIODALI_HD uint64_t ProbabilityThreshold(double p) {
   return static_cast<uint64_t>(p * 4294967296.0);
 }
 
+// Binomial thinning probability of a row: `fraction` if >= 0, else target_total / total
+// (1 when the row already has <= target_total counts).
+BIODALI_HD double ThinningProbability(uint64_t row_total, double fraction, double target_total) {
+  if (fraction >= 0) return fraction;
+  if (row_total == 0 || static_cast<double>(row_total) <= target_total) return 1.0;
+  return target_total / static_cast<double>(row_total);
+}
+
 // numpy.quantile(sorted[0:n], q, method="linear") with numpy's own arithmetic (numpy 2.x:
 // virtual index (n-1)*q, then _lerp, which interpolates from the nearer end).
 BIODALI_HD double LinearQuantile(const double *sorted, int64_t n, double q) {
@@ -144,5 +152,29 @@ BIODALI_HD uint16_t FloatToHalfBits(float value) {
   uint32_t rounded = abs_bits + 0x0FFFu + ((abs_bits >> 13) & 1u);
   return static_cast<uint16_t>(sign | ((rounded - 0x38000000u) >> 13));
 }
+
+BIODALI_HD float BitsToFloat(uint32_t bits) {
+  float out;
+  memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+BIODALI_HD float HalfBitsToFloat(uint16_t half) {
+  uint32_t sign = static_cast<uint32_t>(half & 0x8000u) << 16;
+  uint32_t exponent = (half >> 10) & 0x1Fu, mantissa = half & 0x3FFu;
+  if (exponent == 31) return BitsToFloat(sign | 0x7F800000u | (mantissa << 13));
+  if (exponent == 0) {
+    if (mantissa == 0) return BitsToFloat(sign);
+    int32_t e = -14;  // subnormal: shift the leading one into the implicit bit
+    while (!(mantissa & 0x400u)) {
+      mantissa <<= 1;
+      --e;
+    }
+    return BitsToFloat(sign | (static_cast<uint32_t>(e + 127) << 23) | ((mantissa & 0x3FFu) << 13));
+  }
+  return BitsToFloat(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+BIODALI_HD float BFloat16BitsToFloat(uint16_t bits) { return BitsToFloat(static_cast<uint32_t>(bits) << 16); }
 
 }  // namespace biodali::expression

@@ -62,10 +62,6 @@ template <typename T>
 void DensifyRow(const T *values, const int32_t *indices, int64_t nnz, const DensifyOptions &options,
                 void *out);
 
-// Binomial thinning probability of a row: `fraction` if >= 0, else target_total / total
-// (1 when the row already has <= target_total counts).
-double ThinningProbability(uint64_t row_total, double fraction, double target_total);
-
 // Binomial thinning of integer counts: each of the row's counts is kept with probability p.
 // Throws on negative or non-integer values.
 template <typename T>

@@ -38,27 +38,6 @@ uint64_t CountOf(T v, int64_t element) {
   return static_cast<uint64_t>(v);
 }
 
-float HalfBitsToFloat(uint16_t bits) {
-  uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
-  uint32_t exponent = (bits >> 10) & 0x1Fu, mantissa = bits & 0x3FFu;
-  float magnitude;
-  if (exponent == 0) magnitude = std::ldexp(static_cast<float>(mantissa), -24);
-  else if (exponent == 31) magnitude = mantissa ? NAN : INFINITY;
-  else magnitude = std::ldexp(static_cast<float>(mantissa | 0x400u), static_cast<int>(exponent) - 25);
-  uint32_t out;
-  memcpy(&out, &magnitude, sizeof(out));
-  out |= sign;
-  memcpy(&magnitude, &out, sizeof(out));
-  return magnitude;
-}
-
-float BFloat16BitsToFloat(uint16_t bits) {
-  uint32_t widened = static_cast<uint32_t>(bits) << 16;
-  float out;
-  memcpy(&out, &widened, sizeof(out));
-  return out;
-}
-
 }  // namespace
 
 bool IsSupportedValueType(DType dtype) {
@@ -154,12 +133,6 @@ void DensifyRow(const T *values, const int32_t *indices, int64_t nnz, const Dens
       }
     }
   }
-}
-
-double ThinningProbability(uint64_t row_total, double fraction, double target_total) {
-  if (fraction >= 0) return fraction;
-  if (row_total == 0 || static_cast<double>(row_total) <= target_total) return 1.0;
-  return target_total / static_cast<double>(row_total);
 }
 
 template <typename T>
