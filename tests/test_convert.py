@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import zarr
 
 from biodali import cli, convert as convert_mod, synth
-from biodali._collection_writer import DatasetWriter
+from biodali._collection_writer import DatasetWriter, _ShardWriter
 from biodali._convert_buckets import BucketFiles
 from biodali.convert import ConvertError, convert
 from reader_utils import make_adata, rows_of, run_reader, write_zarr
@@ -195,7 +195,7 @@ def test_small_buckets_blocks_shards_and_datasets(inputs, tmp_path, monkeypatch)
     monkeypatch.setattr(BucketFiles, "read",
                         lambda self, b, nnz: buckets_read.append(b) or read(self, b, nnz))
     paths = list(inputs.values())
-    out = convert(paths, tmp_path / "out.zarr", var_join="outer", max_memory="38KB",
+    out = convert(paths, tmp_path / "out.zarr", var_join="outer", max_memory="33KB",
                   shard_size="8KB", dataset_size="15KB", chunk_rows=4, **QUIET)
     root = zarr.open_group(str(out), mode="r")
     n_datasets = len(list(root.group_keys()))
@@ -247,7 +247,7 @@ def test_existing_output_needs_append(inputs, tmp_path):
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from biodali import convert
-    from biodali._collection_writer import DatasetWriter
+    from biodali._collection_writer import DatasetWriter, _ShardWriter
     original = DatasetWriter.append
     def append_then_die(self, *args):
         original(self, *args)
@@ -314,7 +314,7 @@ def test_disk_full_is_reported_and_cleaned_up(inputs, tmp_path, monkeypatch, whe
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    target = (BucketFiles, "scatter") if where == "scatter" else (DatasetWriter, "_flush")
+    target = (BucketFiles, "scatter") if where == "scatter" else (_ShardWriter, "_write_next")
     monkeypatch.setattr(*target, full)
     with pytest.raises(ConvertError, match="disk full") as info:
         convert([inputs["a"], inputs["b"]], tmp_path / "out.zarr", var_join="outer", **QUIET)
@@ -390,7 +390,7 @@ def test_no_shared_genes_under_inner_join(inputs, tmp_path):
 
 
 def test_too_little_max_memory(inputs, tmp_path):
-    with pytest.raises(ConvertError, match=r"--max-memory 1.00 MiB is too little.*Raise"):
+    with pytest.raises(ConvertError, match=r"--max-memory 1.00 MiB is too little.*Raise --max-memory"):
         convert([inputs["a"]], tmp_path / "out.zarr", max_memory="1MB", **QUIET)
     assert list(tmp_path.iterdir()) == []
 

@@ -30,10 +30,10 @@ import pandas as pd
 from ._collection_writer import (ANNBATCH_ENCODING, CODECS, DatasetWriter, consolidate,
                                  create_collection,
                                  finish_collection, format_nbytes, min_uint_dtype, parse_nbytes,
-                                 shard_buffer_nbytes, x_chunking)
+                                 writer_nbytes, x_chunking)
 from ._convert_inputs import ConvertError, InputSet, VarMap, as_object_strings, output_var
 from ._convert_obs import combined_obs, existing_obs_dtypes
-from ._convert_buckets import BucketFiles, in_position_order, row_pieces
+from ._convert_buckets import BucketFiles, in_position_order, row_pieces, take_rows
 
 __all__ = ["convert", "ConvertError"]
 
@@ -136,7 +136,7 @@ def _convert(inset, output, existing, tmp_root, var_join, genes, obs_columns, ch
     for g in groups:  # per-input offsets are not needed any more after this
         g._indptr = None if g.is_dense else g._indptr
     plan = _plan(row_nnz, value_dtype, index_dtype, shuffle, seed, max_nbytes, dataset_nbytes,
-                 shard_nbytes, chunk_rows)
+                 chunk_rows)
 
     buckets = BucketFiles(tmp_root / "buckets", len(plan.bucket_bounds) - 1, value_dtype,
                           index_dtype)
@@ -159,7 +159,7 @@ def _convert(inset, output, existing, tmp_root, var_join, genes, obs_columns, ch
 # Planning
 
 def _plan(row_nnz, value_dtype, index_dtype, shuffle, seed, max_nbytes, dataset_nbytes,
-          shard_nbytes, chunk_rows) -> _Plan:
+          chunk_rows) -> _Plan:
     n_rows = len(row_nnz)
     elem_nbytes = value_dtype.itemsize + index_dtype.itemsize
     # Dataset sizes as annbatch's dataset_size: bytes of the in-memory CSR (int32 indices).
@@ -172,21 +172,19 @@ def _plan(row_nnz, value_dtype, index_dtype, shuffle, seed, max_nbytes, dataset_
     # shard of each X array being written, and one bucket in memory.
     per_row_nbytes = 8 + 8 + 4 + 8 + 8  # order, row_nnz, bucket_of_row, + transient permutation
     held = _rss_nbytes() + n_rows * per_row_nbytes
-    largest = int(np.max(np.diff(dataset_bounds)))
-    _, shard_elems = x_chunking(largest, max(1, int(row_nnz.mean() * largest)), chunk_rows,
-                                shard_nbytes, value_dtype.itemsize, 4)
-    writer_nbytes = shard_buffer_nbytes(shard_elems, value_dtype.itemsize, index_dtype.itemsize)
+    chunk_elems = max(1, int(chunk_rows * row_nnz.mean()))
+    write_nbytes = writer_nbytes(chunk_elems, value_dtype.itemsize, index_dtype.itemsize)
     max_row_nbytes = int(row_nnz.max(initial=0)) * elem_nbytes
-    bucket_nbytes = int((max_nbytes - held - writer_nbytes) * 0.8)
+    bucket_nbytes = int((max_nbytes - held - write_nbytes) * 0.8)
     need_bucket = max(MIN_BUCKET_NBYTES, 2 * max_row_nbytes)
     if bucket_nbytes < need_bucket:
-        need = held + writer_nbytes + int(need_bucket / 0.8)
+        need = held + write_nbytes + int(need_bucket / 0.8)
         raise ConvertError(
             f"--max-memory {format_nbytes(max_nbytes)} is too little to proceed: this run needs "
             f"at least {format_nbytes(need)} (already held: {format_nbytes(held)} for Python, "
-            f"obs and {n_rows:,} rows' bookkeeping; shard buffers: {format_nbytes(writer_nbytes)} "
-            f"for --shard-size {format_nbytes(shard_nbytes)}; smallest bucket: "
-            f"{format_nbytes(need_bucket)}). Raise --max-memory or lower --shard-size.")
+            f"obs and {n_rows:,} rows' bookkeeping; inner chunks being encoded: "
+            f"{format_nbytes(write_nbytes)}; smallest bucket: {format_nbytes(need_bucket)}). "
+            "Raise --max-memory, or convert fewer inputs at a time (--append).")
 
     rng = np.random.default_rng(seed)
     position = rng.permutation(n_rows) if shuffle else np.arange(n_rows)
@@ -250,8 +248,11 @@ def _scatter(groups, var_maps, plan: _Plan, buckets: BucketFiles, progress: bool
 
 def _write_datasets(root, first_index, obs, var_frame, plan: _Plan, buckets: BucketFiles,
                     value_dtype, index_dtype, chunk_rows, shard_nbytes, codec, progress):
+    from concurrent.futures import ThreadPoolExecutor
+
     bar = _bar(len(plan.order), progress, "convert 2/2 shuffle + write")
-    names = []
+    pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="biodali-encode")
+    names, writer = [], None
     try:
         for d, (start, stop) in enumerate(zip(plan.dataset_bounds[:-1], plan.dataset_bounds[1:])):
             rows = plan.order[start:stop]
@@ -261,7 +262,8 @@ def _write_datasets(root, first_index, obs, var_frame, plan: _Plan, buckets: Buc
                 warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
                 dataset_obs = obs.iloc[rows]
             writer = DatasetWriter(root, name, dataset_obs, var_frame, int(lengths.sum()),
-                                   value_dtype, index_dtype, chunk_rows, shard_nbytes, codec)
+                                   value_dtype, index_dtype, chunk_rows, shard_nbytes, codec,
+                                   pool)
             del dataset_obs
             first = int(np.searchsorted(plan.bucket_bounds, start))
             last = int(np.searchsorted(plan.bucket_bounds, stop))
@@ -269,14 +271,19 @@ def _write_datasets(root, first_index, obs, var_frame, plan: _Plan, buckets: Buc
                 p0, p1 = int(plan.bucket_bounds[b]), int(plan.bucket_bounds[b + 1])
                 data, indices = buckets.read(b, int(plan.row_nnz[plan.order[p0:p1]].sum()))
                 src_start, row_lengths = in_position_order(plan.order[p0:p1], plan.row_nnz)
-                for i, j, src in row_pieces(src_start, row_lengths):
-                    writer.append(data[src], indices[src])
+                for starts, piece_lengths in row_pieces(src_start, row_lengths):
+                    writer.append(take_rows(data, starts, piece_lengths),
+                                  take_rows(indices, starts, piece_lengths))
                 del data, indices
                 buckets.remove(b)
                 bar.update(p1 - p0)
             writer.finish(lengths)
+            writer = None
             names.append(name)
     finally:
+        if writer is not None:
+            writer.abort()
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     return names
 
