@@ -1,0 +1,87 @@
+"""fn.biodali.expression.normalize against scanpy (normalize_total + log1p) on the rows the reader
+reports (return_row_index), for float and integer inputs; all-zero rows give zeros."""
+import anndata as ad
+import numpy as np
+import pytest
+import scanpy as sc
+from nvidia.dali import fn, types
+
+from expression_utils import read_through, run_on
+
+E = fn.biodali.expression
+
+
+def scanpy_normalized(X, target_sum, log1p):
+    """The dense matrix scanpy makes of X (float32, as anndata holds it)."""
+    adata = ad.AnnData(X.astype(np.float32).copy())
+    sc.pp.normalize_total(adata, target_sum=target_sum)
+    if log1p:
+        sc.pp.log1p(adata)
+    return adata.X.toarray()
+
+
+def check_against_scanpy(store, got, target_sum, log1p):
+    ref = scanpy_normalized(store.X, target_sum, log1p)
+    rows = set()
+    for row, values, indices, out in got:
+        assert out.dtype == np.float32 and out.shape == values.shape
+        np.testing.assert_allclose(out, ref[row, indices], rtol=1e-6, atol=0, err_msg=f"row {row}")
+        rows.add(row)
+    assert rows == set(range(store.n_obs))
+
+
+@pytest.mark.parametrize("target_sum, log1p", [(1e4, True), (1e6, True), (1.0, True),
+                                               (1e4, False), (123.5, False)])
+def test_normalize_equals_scanpy(counts, target_sum, log1p):
+    got = read_through(counts, lambda v, i: E.normalize(v, target_sum=target_sum, log1p=log1p))
+    check_against_scanpy(counts, got, target_sum, log1p)
+
+
+def test_normalize_defaults_are_1e4_and_log1p(counts):
+    got = read_through(counts, lambda v, i: (E.normalize(v), E.normalize(v, target_sum=1e4, log1p=True)))
+    for _, _, _, default, explicit in got:
+        np.testing.assert_array_equal(default, explicit)
+    check_against_scanpy(counts, [s[:4] for s in got], 1e4, True)
+
+
+@pytest.mark.parametrize("dtype", [types.INT32, types.UINT16, types.INT64, types.UINT8, types.FLOAT64])
+def test_normalize_integer_and_double_inputs(counts, dtype):
+    """The reader casts the float32 counts; the output is float32 and still equals scanpy."""
+    got = read_through(counts, lambda v, i: E.normalize(v), reader_kw=dict(dtype=dtype))
+    assert got[0][1].dtype == np.dtype(types.to_numpy_type(dtype))
+    check_against_scanpy(counts, got, 1e4, True)
+
+
+def test_normalize_int32_store(int_counts):
+    got = read_through(int_counts, lambda v, i: E.normalize(v, target_sum=1e3))
+    assert got[0][1].dtype == np.int32
+    check_against_scanpy(int_counts, got, 1e3, True)
+
+
+def test_all_zero_rows_normalize_to_zeros(counts):
+    got = read_through(counts, lambda v, i: E.normalize(v))
+    empty = {row: out for row, v, _, out in got if len(v) == 0}
+    assert set(empty) >= {5, 100}  # the store's all-zero rows come out as empty rows
+    assert all(out.shape == (0,) and out.dtype == np.float32 for out in empty.values())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.uint8])
+def test_explicit_zeros_normalize_to_zeros_without_nan(dtype):
+    batch = [np.zeros(4, dtype), np.array([0, 3, 0, 1], dtype), np.zeros(0, dtype), np.array([7], dtype)]
+    (out,) = run_on(lambda v: E.normalize(v, target_sum=100.0), batch)
+    np.testing.assert_array_equal(out[0], np.zeros(4, np.float32))
+    np.testing.assert_allclose(out[1], np.log1p([0, 75, 0, 25]).astype(np.float32), rtol=1e-6)
+    assert out[2].shape == (0,)
+    np.testing.assert_allclose(out[3], [np.log1p(100.0)], rtol=1e-6)
+    assert all(np.isfinite(o).all() for o in out)
+
+
+def test_normalize_after_select_genes_uses_the_subset_total(counts):
+    """Normalizing selected genes scales by the total of the selected values only."""
+    genes = list(range(0, counts.n_vars, 3))
+    got = read_through(counts, lambda v, i: E.normalize(E.select_genes(v, i, genes=genes)[0], log1p=False))
+    X = counts.X[:, genes].toarray().astype(np.float64)
+    for row, _, _, out in got:
+        nonzero = X[row][X[row] != 0]
+        expected = nonzero / nonzero.sum() * 1e4 if len(nonzero) else nonzero
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
