@@ -185,11 +185,10 @@ def test_no_shuffle_keeps_input_order_and_seed_fixes_the_order(inputs, tmp_path)
 
 
 def test_small_buckets_blocks_shards_and_datasets(inputs, tmp_path, monkeypatch):
-    """Many buckets, read blocks, gather pieces, shards and datasets: still every row once."""
+    """Many buckets, read blocks, inner chunks, shards and datasets: still every row once."""
     monkeypatch.setattr(convert_mod, "_rss_nbytes", lambda: 0)
     monkeypatch.setattr(convert_mod, "MIN_BUCKET_NBYTES", 0)
     monkeypatch.setattr(convert_mod, "MIN_BLOCK_ELEMS", 500)
-    monkeypatch.setattr("biodali._convert_buckets.PIECE_ELEMS", 300)
     buckets_read = []
     read = BucketFiles.read
     monkeypatch.setattr(BucketFiles, "read",
@@ -248,11 +247,11 @@ _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from biodali import convert
     from biodali._collection_writer import DatasetWriter, _ShardWriter
-    original = DatasetWriter.append
+    original = DatasetWriter.append_rows
     def append_then_die(self, *args):
         original(self, *args)
         os.kill(os.getpid(), signal.SIGKILL)  # as a user's kill -9 or an OOM kill would
-    DatasetWriter.append = append_then_die
+    DatasetWriter.append_rows = append_then_die
     convert.convert(sys.argv[1:-1], sys.argv[-1], append=os.environ.get("APPEND") == "1",
                     progress=False)
 """)

@@ -134,7 +134,8 @@ class _ShardWriter:
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self._encode = _encoder(codec).encode
         self._pool = pool
-        self._buf = np.zeros(chunk, self.dtype)
+        self._buf = np.empty(chunk, self.dtype)
+        self._free = []  # buffers whose chunk was encoded
         self._filled = 0
         self._n_chunks = 0  # inner chunks handed to the pool
         self._in_flight = []  # futures of encoded chunks, in chunk order
@@ -143,29 +144,52 @@ class _ShardWriter:
         self._offset = 0
         self._received = 0
 
-    def append(self, values: np.ndarray) -> None:
-        pos, n = 0, len(values)
+    def append_rows(self, values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
+        """Appends the rows values[start:start + length], in order. Each inner chunk is filled by
+        one concatenation of row slices straight into its buffer (no intermediate copy)."""
+        n = int(lengths.sum())
         self._received += n
         if self._received > self.n_elems:
             raise RuntimeError(f"got {self._received} elements for an array of {self.n_elems}")
+        ends = np.cumsum(lengths)  # element offsets of the rows' ends in this call's stream
+        pos = 0
         while pos < n:
             take = min(n - pos, self.chunk - self._filled)
-            self._buf[self._filled:self._filled + take] = values[pos:pos + take]
+            first = int(np.searchsorted(ends, pos, side="right"))
+            last = int(np.searchsorted(ends, pos + take, side="left"))
+            # stream offsets [pos, pos + take) -> slices of the rows first..last
+            row_starts = (ends[first:last + 1] - lengths[first:last + 1]).tolist()
+            src = starts[first:last + 1].tolist()
+            row_ends = ends[first:last + 1].tolist()
+            pieces = []
+            for r0, r1, s0 in zip(row_starts, row_ends, src):
+                a, b = max(r0, pos), min(r1, pos + take)
+                if b > a:
+                    pieces.append(values[s0 + a - r0:s0 + b - r0])
+            out = self._buf[self._filled:self._filled + take]
+            if len(pieces) == 1:
+                out[:] = pieces[0]
+            else:
+                np.concatenate(pieces, out=out, casting="unsafe")
             self._filled += take
             pos += take
             if self._filled == self.chunk:
                 self._submit()
 
     def _submit(self) -> None:
-        self._in_flight.append(self._pool.submit(self._encode, self._buf))
+        if self._filled < self.chunk:
+            self._buf[self._filled:] = 0  # the last chunk is padded with the fill value
+        self._in_flight.append((self._pool.submit(self._encode, self._buf), self._buf))
         self._n_chunks += 1
-        self._buf = np.zeros(self.chunk, self.dtype)  # the last chunk is padded with zeros
+        self._buf = self._free.pop() if self._free else np.empty(self.chunk, self.dtype)
         self._filled = 0
         while len(self._in_flight) > MAX_CHUNKS_IN_FLIGHT:
             self._write_next()
 
     def _write_next(self) -> None:
-        encoded = self._in_flight.pop(0).result()
+        future, buf = self._in_flight.pop(0)
+        encoded = future.result()
+        self._free.append(buf)  # encoded: the buffer can take the next chunk
         number = self._n_chunks - len(self._in_flight) - 1  # of the chunk just popped
         local = number % self.per_shard
         if local == 0:
@@ -198,8 +222,8 @@ class _ShardWriter:
         self._close_shard()
 
     def abort(self) -> None:
-        for f in self._in_flight:
-            f.cancel()
+        for future, _ in self._in_flight:
+            future.cancel()
         if self._file is not None:
             self._file.close()
 
@@ -241,10 +265,11 @@ class DatasetWriter:
     def shard_elems(self) -> int:
         return self._kwargs["shards"][0]
 
-    def append(self, data: np.ndarray, indices: np.ndarray) -> None:
-        """The next non-zeros of the dataset, in row order (any count)."""
-        self._writers["data"].append(data)
-        self._writers["indices"].append(indices)
+    def append_rows(self, data: np.ndarray, indices: np.ndarray, starts: np.ndarray,
+                    lengths: np.ndarray) -> None:
+        """The next rows of the dataset: data/indices[start:start + length] for each row."""
+        self._writers["data"].append_rows(data, starts, lengths)
+        self._writers["indices"].append_rows(indices, starts, lengths)
 
     def finish(self, row_lengths: np.ndarray) -> None:
         """Completes X/data and X/indices and writes X/indptr from the rows' lengths."""

@@ -5,13 +5,13 @@ so a bucket's file order is known from the plan alone and no per-row header is s
 of bucket b are the global rows whose output positions fall in b, sorted."""
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-PIECE_ELEMS = 1 << 22  # non-zeros gathered per numpy take while putting a bucket in order
 
 
 def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
@@ -68,11 +68,15 @@ class BucketFiles:
             first_row = last_row
 
     def read(self, bucket: int, nnz: int) -> tuple[np.ndarray, np.ndarray]:
-        """The bucket's non-zeros, in file order."""
+        """The bucket's non-zeros, in file order (read-only, mapped from the files)."""
         out = []
         for kind, dtype in (("data", self.value_dtype), ("indices", self.index_dtype)):
             path = self._path(bucket, kind)
-            arr = np.fromfile(path, dtype=dtype) if path.exists() else np.empty(0, dtype)
+            # mapped, not read: rows are copied once, from the page cache into inner chunks
+            size = path.stat().st_size if path.exists() else 0
+            arr = np.memmap(path, dtype=dtype, mode="r") if size else np.empty(0, dtype)
+            if size:  # rows are taken in random order: have the kernel read the file ahead
+                arr._mmap.madvise(mmap.MADV_WILLNEED)
             if len(arr) != nnz:
                 raise RuntimeError(f"bucket file {path} holds {len(arr)} elements, expected {nnz}")
             out.append(arr)
@@ -96,16 +100,3 @@ def in_position_order(rows: np.ndarray, row_nnz: np.ndarray) -> tuple[np.ndarray
     lengths_in_file = row_nnz[rows_in_file]
     file_row = np.searchsorted(rows_in_file, rows)
     return _exclusive_cumsum(lengths_in_file)[file_row], lengths_in_file[file_row]
-
-
-def row_pieces(starts: np.ndarray, lengths: np.ndarray, piece_elems: int | None = None):
-    """(starts, lengths) of runs of consecutive entries holding about piece_elems non-zeros."""
-    piece_elems = piece_elems or PIECE_ELEMS
-    ends = np.cumsum(lengths)
-    i, n = 0, len(lengths)
-    while i < n:
-        base = int(ends[i - 1]) if i else 0
-        j = int(np.searchsorted(ends, base + piece_elems, side="right"))
-        j = min(n, max(j, i + 1))
-        yield starts[i:j], lengths[i:j]
-        i = j

@@ -33,7 +33,7 @@ from ._collection_writer import (ANNBATCH_ENCODING, CODECS, DatasetWriter, conso
                                  writer_nbytes, x_chunking)
 from ._convert_inputs import ConvertError, InputSet, VarMap, as_object_strings, output_var
 from ._convert_obs import combined_obs, existing_obs_dtypes
-from ._convert_buckets import BucketFiles, in_position_order, row_pieces, take_rows
+from ._convert_buckets import BucketFiles, in_position_order
 
 __all__ = ["convert", "ConvertError"]
 
@@ -271,9 +271,7 @@ def _write_datasets(root, first_index, obs, var_frame, plan: _Plan, buckets: Buc
                 p0, p1 = int(plan.bucket_bounds[b]), int(plan.bucket_bounds[b + 1])
                 data, indices = buckets.read(b, int(plan.row_nnz[plan.order[p0:p1]].sum()))
                 src_start, row_lengths = in_position_order(plan.order[p0:p1], plan.row_nnz)
-                for starts, piece_lengths in row_pieces(src_start, row_lengths):
-                    writer.append(take_rows(data, starts, piece_lengths),
-                                  take_rows(indices, starts, piece_lengths))
+                writer.append_rows(data, indices, src_start, row_lengths)
                 del data, indices
                 buckets.remove(b)
                 bar.update(p1 - p0)
