@@ -147,9 +147,8 @@ def measure(cmd: list[str], env=None) -> dict:
         r.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     stderr = "".join(err_chunks)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{stderr[-3000:]}")
-    return {"seconds": seconds, "peak_tree_rss_bytes": peak[0],
+    return {"returncode": proc.returncode, "ok": proc.returncode == 0, "seconds": seconds,
+            "peak_tree_rss_bytes": peak[0],
             "wait4_maxrss_bytes": usage.ru_maxrss * 1024, "stdout": "".join(out_chunks),
             "stderr_tail": stderr[-600:]}
 
@@ -176,8 +175,11 @@ def run_contender(name: str, args, inputs: list[Path], run: int) -> dict:
     res.update(contender=name, run=run, page_cache_dropped=dropped, command=shlex.join(cmd),
                output_bytes=du_bytes(out), n_datasets=len(list(out.glob("dataset_*"))),
                load_avg_after=os.getloadavg())
-    if name == "annbatch":
+    if name == "annbatch" and res["ok"]:
         res["annbatch"] = json.loads(res["stdout"].strip().splitlines()[-1])
+    if not res["ok"]:  # e.g. -9: killed by the kernel's OOM killer
+        print(f"  FAILED with exit status {res['returncode']}:\n{res['stderr_tail']}",
+              file=sys.stderr, flush=True)
     print(f"  {res['seconds']:.1f} s, peak RSS {res['peak_tree_rss_bytes'] / 2**30:.2f} GiB "
           f"(tree), {res['wait4_maxrss_bytes'] / 2**30:.2f} GiB (largest process)",
           file=sys.stderr, flush=True)
@@ -217,8 +219,9 @@ def _median(runs, key):
 
 
 def render_markdown(report: dict) -> str:
-    a = [r for r in report["runs"] if r["contender"] == "annbatch"]
-    b = [r for r in report["runs"] if r["contender"] == "biodali"]
+    a = [r for r in report["runs"] if r["contender"] == "annbatch" and r["ok"]]
+    b = [r for r in report["runs"] if r["contender"] == "biodali" and r["ok"]]
+    failed = [r for r in report["runs"] if not r["ok"]]
     gib = lambda v: f"{v / 2**30:.2f} GiB" if v is not None else "-"  # noqa: E731
     sec = lambda v: f"{v:.0f} s" if v is not None else "-"  # noqa: E731
     lines = [f"# biodali convert vs annbatch add_adatas ({report['timestamp']})", "",
@@ -241,6 +244,10 @@ def render_markdown(report: dict) -> str:
     if a and b:
         lines += ["", f"biodali / annbatch: wall time {_median(b, 'seconds') / _median(a, 'seconds'):.2f}x, "
                       f"peak RSS {_median(b, 'peak_tree_rss_bytes') / _median(a, 'peak_tree_rss_bytes'):.2f}x."]
+    for r in failed:
+        lines += ["", f"FAILED: {r['contender']} run {r['run']} exited with status "
+                      f"{r['returncode']} after {r['seconds']:.0f} s at a peak RSS of "
+                      f"{gib(r['peak_tree_rss_bytes'])} (-9: killed, e.g. by the OOM killer)."]
     check = report.get("annbatch_reads_biodali_output")
     if check:
         lines += ["", f"annbatch reads biodali's output as its own collection: **{check.get('ok')}** "
