@@ -58,6 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prefetch-windows", type=int, default=1, help="biodali prefetch_windows")
     p.add_argument("--biodali-scipy", action="store_true",
                    help="biodali contender also wraps each batch in a scipy.sparse.csr_matrix")
+    p.add_argument("--transforms", type=int, default=0, metavar="N_GENES",
+                   help="transforms benchmark: both contenders also normalize + log1p, keep the "
+                        "N_GENES most variable genes (dispersion over dataset_0's first 20,000 "
+                        "cells) and densify to float32; results go to transforms-*.json/md")
     p.add_argument("--contenders", default="annbatch,biodali", help="which to run (default both)")
     p.add_argument("--no-decode-ceiling", action="store_true")
     p.add_argument("--headroom-gib", type=float, default=4.0,
@@ -205,7 +209,8 @@ def run_json(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
 def contender_cmd(args, name: str, chunk: int, preload: int, seed: int) -> list[str]:
     common = ["--data", str(args.data), "--chunk-size", str(chunk), "--preload-nchunks", str(preload),
               "--batch-size", str(args.batch_size), "--cells", str(args.cells),
-              "--warmup-batches", str(args.warmup_batches), "--seed", str(seed)]
+              "--warmup-batches", str(args.warmup_batches), "--seed", str(seed),
+              *(["--genes-file", args.genes_file] if args.transforms else [])]
     if name == "annbatch":
         return shlex.split(args.annbatch_python) + [str(HERE / "contenders" / "annbatch_loader.py"), *common]
     return shlex.split(args.biodali_python) + [
@@ -252,7 +257,9 @@ def render_markdown(report: dict) -> str:
         data_line += (f" ({report['n_obs']:,} cells x {report['n_vars']:,} genes, "
                       f"{cache.get('bytes', 0) / GIB:.2f} GiB on disk)")
     lines = [
-        f"# Reader benchmark: biodali vs annbatch ({report['started']})",
+        (f"# Transforms benchmark: biodali vs annbatch + scipy ({report['started']})"
+         if report["args"].get("transforms") else
+         f"# Reader benchmark: biodali vs annbatch ({report['started']})"),
         "",
         data_line,
         "- **Warm page cache**: every file of the collection was read once before the runs "
@@ -319,6 +326,26 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------ transforms ----
+
+def write_gene_subset(data: str, n_genes: int) -> Path:
+    """The n_genes most variable columns (variance / mean over the first 20,000 cells of the
+    first dataset), as a .npy of int64 column ids outside the repository (not data to commit)."""
+    import anndata as ad
+    import numpy as np
+
+    group = _common.dataset_groups(data)[0]
+    x = ad.io.sparse_dataset(__import__("zarr").open_group(str(group / "X"), mode="r"))[:20_000]
+    x = x.astype(np.float64)
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    var = np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean ** 2
+    dispersion = np.divide(var, mean, out=np.zeros_like(mean), where=mean > 0)
+    genes = np.argsort(-dispersion, kind="stable")[:n_genes].astype(np.int64)
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"biodali-bench-genes-{n_genes}.npy"
+    np.save(out, genes)
+    return out
+
+
 # ---------------------------------------------------------------------------------- main ----
 
 def main(argv=None) -> int:
@@ -340,6 +367,15 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001
         sys.exit(f"bench_reader: {args.data} is not a readable AnnData/annbatch store: {e}")
 
+    prefix = "reader"
+    if args.transforms:
+        prefix = "transforms"
+        args.genes_file = str(write_gene_subset(args.data, args.transforms))
+        report["args"]["genes_file"] = args.genes_file
+        report["transforms"] = {
+            "pipeline": "normalize(target_sum=1e4, log1p) -> select_genes -> densify(float32)",
+            "annbatch_side": "contenders/_common.py scipy_transforms on each scipy CSR batch",
+            "n_genes": args.transforms}
     report["page_cache"] = warm_page_cache(Path(args.data), args.headroom_gib, args.allow_low_memory)
 
     env = child_env(args.data)
@@ -379,15 +415,15 @@ def main(argv=None) -> int:
     report["versions"] = {"packages": packages, "annbatch_codec_pipeline": codec_pipeline}
     report["finished"] = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
 
-    json_file = out_dir / f"reader-{started.strftime('%Y%m%d-%H%M')}.json"
+    json_file = out_dir / f"{prefix}-{started.strftime('%Y%m%d-%H%M')}.json"
     n = 2
     while json_file.exists():  # two runs within a minute: keep both
-        json_file = out_dir / f"reader-{started.strftime('%Y%m%d-%H%M')}-{n}.json"
+        json_file = out_dir / f"{prefix}-{started.strftime('%Y%m%d-%H%M')}-{n}.json"
         n += 1
     report["json_file"] = str(json_file.relative_to(REPO) if json_file.is_relative_to(REPO) else json_file)
     json_file.write_text(json.dumps(report, indent=1) + "\n")
     md = render_markdown(report)
-    (out_dir / "reader-latest.md").write_text(md)
+    (out_dir / f"{prefix}-latest.md").write_text(md)
     print(md)
     failed = any("error" in r for cfg in report["configs"] for runs in cfg["runs"].values() for r in runs)
     return 1 if failed else 0

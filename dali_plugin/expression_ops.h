@@ -60,6 +60,14 @@ inline std::vector<int64_t> GeneColumnsFrom(const dali::OpSpec &spec) {
   return genes;
 }
 
+// A gene column at or past n_features can never be filled: refuse it rather than output zeros.
+inline void CheckGenesWithin(const std::vector<int64_t> &genes, int64_t n_features) {
+  if (n_features <= 0) return;
+  for (int64_t g : genes)
+    if (g >= n_features)
+      throw Error(StrCat("gene column ", g, " is outside [0, n_features=", n_features, ")"));
+}
+
 inline expression::DenseType DenseTypeFrom(const dali::OpSpec &spec) {
   std::string name = spec.GetArgument<std::string>("dtype");
   if (name == "float32" || name == "float") return expression::DenseType::kFloat32;

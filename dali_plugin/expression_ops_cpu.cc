@@ -3,6 +3,7 @@
 // batch on DALI's thread pool.
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -115,9 +116,11 @@ class SelectGenesCpu : public dali::StatelessOperator<CPUBackend> {
   std::vector<std::vector<int32_t>> slots_;
 };
 
+// densify, and normalize_densify (normalize -> select -> densify fused) when `normalize` is set.
 class DensifyCpu : public dali::StatelessOperator<CPUBackend> {
  public:
-  explicit DensifyCpu(const dali::OpSpec &spec) : StatelessOperator(spec) {
+  explicit DensifyCpu(const dali::OpSpec &spec, bool normalize = false) : StatelessOperator(spec) {
+    if (normalize) normalize_ = NormalizeOptionsFrom(spec);
     auto genes = GeneColumnsFrom(spec);
     if (!genes.empty()) genes_ = std::make_unique<expression::GeneSelection>(genes);
     options_.n_features = spec.GetArgument<int64_t>("n_features");
@@ -125,6 +128,7 @@ class DensifyCpu : public dali::StatelessOperator<CPUBackend> {
     options_.genes = genes_.get();
     if (!genes_ && options_.n_features <= 0)
       throw Error("densify needs n_features (the number of columns) or genes");
+    CheckGenesWithin(genes, options_.n_features);
   }
 
  protected:
@@ -139,8 +143,12 @@ class DensifyCpu : public dali::StatelessOperator<CPUBackend> {
     const auto &shapes = ws.GetInputShape(0);
     BIODALI_VALUE_TYPE_SWITCH(ValueDType(ws), T, {
       ForEachSample(ws, shapes.num_samples(), shapes, [&](int s, int) {
-        expression::DensifyRow(InputRow<T>(ws, 0, s), InputRow<int32_t>(ws, 1, s), shapes[s][0], options_,
-                               ws.Output<CPUBackend>(0).raw_mutable_tensor(s));
+        void *out = ws.Output<CPUBackend>(0).raw_mutable_tensor(s);
+        if (normalize_)
+          expression::NormalizeDensifyRow(InputRow<T>(ws, 0, s), InputRow<int32_t>(ws, 1, s), shapes[s][0],
+                                          *normalize_, options_, out);
+        else
+          expression::DensifyRow(InputRow<T>(ws, 0, s), InputRow<int32_t>(ws, 1, s), shapes[s][0], options_, out);
       });
     });
   }
@@ -148,6 +156,12 @@ class DensifyCpu : public dali::StatelessOperator<CPUBackend> {
  private:
   std::unique_ptr<expression::GeneSelection> genes_;
   expression::DensifyOptions options_;
+  std::optional<expression::NormalizeOptions> normalize_;
+};
+
+class NormalizeDensifyCpu final : public DensifyCpu {
+ public:
+  explicit NormalizeDensifyCpu(const dali::OpSpec &spec) : DensifyCpu(spec, true) {}
 };
 
 class DownsampleCpu : public RandomExpressionOp<CPUBackend> {
@@ -279,6 +293,7 @@ class BinValuesCpu : public dali::StatelessOperator<CPUBackend> {
 DALI_REGISTER_OPERATOR(biodali__expression__Normalize, biodali::plugin::NormalizeCpu, dali::CPU);
 DALI_REGISTER_OPERATOR(biodali__expression__SelectGenes, biodali::plugin::SelectGenesCpu, dali::CPU);
 DALI_REGISTER_OPERATOR(biodali__expression__Densify, biodali::plugin::DensifyCpu, dali::CPU);
+DALI_REGISTER_OPERATOR(biodali__expression__NormalizeDensify, biodali::plugin::NormalizeDensifyCpu, dali::CPU);
 DALI_REGISTER_OPERATOR(biodali__expression__Downsample, biodali::plugin::DownsampleCpu, dali::CPU);
 DALI_REGISTER_OPERATOR(biodali__expression__Mask, biodali::plugin::MaskCpu, dali::CPU);
 DALI_REGISTER_OPERATOR(biodali__expression__RankTokens, biodali::plugin::RankTokensCpu, dali::CPU);

@@ -2,6 +2,7 @@
 // tables go up in one copy, one kernel launch per batch does the work (csrc/expression/
 // transforms_gpu.cu), all on DALI's stream without synchronizing.
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -60,7 +61,7 @@ class DeviceErrorFlags {
     if (flags & gpu::kNegativeValue)
       throw Error("a batch had a negative or NaN value (found on the GPU; the CPU variant names the element)");
     if (flags & gpu::kNonIntegerCount)
-      throw Error("a batch had a negative or non-integer count (found on the GPU)");
+      throw Error("a batch had a negative, non-integer or > 2^24 count (found on the GPU)");
     if (flags & gpu::kColumnOutOfRange)
       throw Error("a batch had a column index outside [0, n_features) (found on the GPU)");
   }
@@ -194,14 +195,17 @@ class SelectGenesGpu : public dali::StatelessOperator<GPUBackend> {
   std::vector<int32_t> slots_;
 };
 
+// densify, and normalize_densify when `normalize` is set.
 class DensifyGpu : public dali::StatelessOperator<GPUBackend> {
  public:
-  explicit DensifyGpu(const dali::OpSpec &spec) : StatelessOperator(spec) {
+  explicit DensifyGpu(const dali::OpSpec &spec, bool normalize = false) : StatelessOperator(spec) {
+    if (normalize) normalize_ = NormalizeOptionsFrom(spec);
     auto genes = GeneColumnsFrom(spec);
     if (!genes.empty()) genes_ = std::make_unique<expression::GeneSelection>(genes);
     n_features_ = spec.GetArgument<int64_t>("n_features");
     type_ = DenseTypeFrom(spec);
     if (!genes_ && n_features_ <= 0) throw Error("densify needs n_features (the number of columns) or genes");
+    CheckGenesWithin(genes, n_features_);
   }
   ~DensifyGpu() override {
     if (gene_table_) cudaFree(gene_table_);
@@ -225,7 +229,8 @@ class DensifyGpu : public dali::StatelessOperator<GPUBackend> {
     auto rows = UploadRows(ws, true, scratch);
     auto out = OutputPointers<void>(ws, 0);
     gpu::Densify(rows, n_features_, gene_table_, genes_ ? static_cast<int64_t>(genes_->table().size()) : 0,
-                 OutLength(), type_, ToDevice(scratch, ws.stream(), out), errors_.Device(ws.stream()), ws.stream());
+                 OutLength(), type_, normalize_ ? &*normalize_ : nullptr, ToDevice(scratch, ws.stream(), out),
+                 errors_.Device(ws.stream()), ws.stream());
     errors_.Publish(ws.stream());
   }
 
@@ -235,7 +240,13 @@ class DensifyGpu : public dali::StatelessOperator<GPUBackend> {
   int32_t *gene_table_ = nullptr;
   int64_t n_features_ = 0;
   expression::DenseType type_;
+  std::optional<expression::NormalizeOptions> normalize_;
   DeviceErrorFlags errors_;
+};
+
+class NormalizeDensifyGpu final : public DensifyGpu {
+ public:
+  explicit NormalizeDensifyGpu(const dali::OpSpec &spec) : DensifyGpu(spec, true) {}
 };
 
 class DownsampleGpu : public RandomExpressionOp<GPUBackend> {
@@ -374,6 +385,7 @@ class BinValuesGpu : public dali::StatelessOperator<GPUBackend> {
 DALI_REGISTER_OPERATOR(biodali__expression__Normalize, biodali::plugin::NormalizeGpu, dali::GPU);
 DALI_REGISTER_OPERATOR(biodali__expression__SelectGenes, biodali::plugin::SelectGenesGpu, dali::GPU);
 DALI_REGISTER_OPERATOR(biodali__expression__Densify, biodali::plugin::DensifyGpu, dali::GPU);
+DALI_REGISTER_OPERATOR(biodali__expression__NormalizeDensify, biodali::plugin::NormalizeDensifyGpu, dali::GPU);
 DALI_REGISTER_OPERATOR(biodali__expression__Downsample, biodali::plugin::DownsampleGpu, dali::GPU);
 DALI_REGISTER_OPERATOR(biodali__expression__Mask, biodali::plugin::MaskGpu, dali::GPU);
 DALI_REGISTER_OPERATOR(biodali__expression__RankTokens, biodali::plugin::RankTokensGpu, dali::GPU);

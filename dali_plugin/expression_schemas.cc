@@ -31,19 +31,32 @@ accepts gene names.)")
 DALI_SCHEMA(biodali__expression__Densify)
     .DocStr(R"(Sparse rows to dense rows of ``n_features`` (or ``len(genes)``, selecting and ordering
 columns on the way) in float32, float16 or bfloat16 (carried as uint16 bit patterns; DALI has no
-bfloat16 type). Repeated columns in a row are summed, as scipy does.)")
+bfloat16 type). Repeated columns in a row (not canonical CSR) are summed, as scipy does; in
+float16/bfloat16 each addition is rounded to the output type.)")
     .NumInput(2)
     .NumOutput(1)
     .InputDox(0, "values", "TensorList", kValuesDoc)
     .InputDox(1, "indices", "TensorList", kIndicesDoc)
-    .AddOptionalArg<int64_t>("n_features", "Number of columns; indices must be below it.", 0)
+    .AddOptionalArg("n_features", "Number of columns; indices must be below it (0: unchecked, needs genes).", int64_t{0})
     .AddOptionalArg<std::vector<int>>("genes", "Output only these columns, in this order.", nullptr)
     .AddOptionalArg("dtype", "float32, float16 or bfloat16.", "float32");
+
+DALI_SCHEMA(biodali__expression__NormalizeDensify)
+    .DocStr(R"(``normalize`` -> ``select_genes`` -> ``densify`` fused into one pass: the row total
+uses every value, log1p is computed only for the columns that reach the output. Same results as
+the three operators in a row (same arguments as ``normalize`` and ``densify``).)")
+    .NumInput(2)
+    .NumOutput(1)
+    .InputDox(0, "values", "TensorList", kValuesDoc)
+    .InputDox(1, "indices", "TensorList", kIndicesDoc)
+    .AddParent("biodali__expression__Normalize")
+    .AddParent("biodali__expression__Densify");
 
 DALI_SCHEMA(biodali__expression__Downsample)
     .DocStr(R"(Binomial thinning of integer counts: every read of a cell is kept with probability
 ``fraction``, or ``target_total / total`` (cells at or below ``target_total`` are unchanged).
-Same dtype out; non-integer or negative counts are an error. Draws depend on ``seed``, the batch
+Same dtype out; non-integer or negative counts, and counts above 2^24, are an error (the cost is
+one random draw per count). Draws depend on ``seed``, the batch
 and the sample, identically on CPU and GPU, and change every batch.)")
     .NumInput(1)
     .NumOutput(1)

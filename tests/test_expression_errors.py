@@ -60,7 +60,7 @@ CASES = [
     ("rank-negative-value", SPARSE_OPS["rank_tokens"], [[f32(1, -2)], [i32(0, 1)]],
      r"rank_tokens needs non-negative values"),
     ("downsample-non-integer", VALUE_OPS["downsample"], [[f32(1, 2.5, 3)]],
-     r"downsample needs non-negative integer counts \(value 2.5 at element 1\)"),
+     r"downsample needs non-negative integer counts up to 2\^24 \(value 2.5 at element 1\)"),
     ("downsample-negative-float", VALUE_OPS["downsample"], [[f32(1, -2)]], r"non-negative integer counts"),
     ("downsample-negative-int", VALUE_OPS["downsample"], [[i32(1, -2)]], r"non-negative integer counts"),
     ("downsample-nan", VALUE_OPS["downsample"], [[f32(1, np.nan)]], r"non-negative integer counts"),
@@ -111,7 +111,7 @@ def test_indices_beyond_n_features_from_the_reader(counts):
 
 
 def test_normalized_values_are_not_counts(counts):
-    with pytest.raises(RuntimeError, match=r"downsample needs non-negative integer counts \(value [\d.]+ at element"):
+    with pytest.raises(RuntimeError, match=r"downsample needs non-negative integer counts up to 2\^24 \(value [\d.]+ at element"):
         read_through(counts, lambda v, i: E.downsample(E.normalize(v), fraction=0.5))
 
 
@@ -144,3 +144,16 @@ def test_gene_name_errors(counts):
     with pytest.raises(ValueError, match=r"12 gene\(s\) not in the var index: 'X0', .* 'X9' \.\.\."):
         bx.gene_columns(many, counts.path)
     assert bx.gene_columns([names[9], names[0]], counts.path) == [9, 0]
+
+
+def test_densify_gene_beyond_n_features_is_refused():
+    values = [np.array([1], np.float32)]
+    indices = [np.array([0], np.int32)]
+    with pytest.raises(RuntimeError, match=r"gene column 12 is outside \[0, n_features=10\)"):
+        run_on(lambda v, i: E.densify(v, i, n_features=10, genes=[12, 3]), values, indices)
+
+
+def test_downsample_refuses_counts_above_2_to_24():
+    values = [np.array([3, 2 ** 24 + 1], np.int64)]
+    with pytest.raises(RuntimeError, match=r"counts up to 2\^24 \(value 16777217 at element 1\)"):
+        run_on(lambda v: E.downsample(v, fraction=0.5), values)

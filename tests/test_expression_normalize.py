@@ -85,3 +85,41 @@ def test_normalize_after_select_genes_uses_the_subset_total(counts):
         nonzero = X[row][X[row] != 0]
         expected = nonzero / nonzero.sum() * 1e4 if len(nonzero) else nonzero
         np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("target_sum, log1p", [(1e4, True), (1e2, False)])  # float16 tops at 65504
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_normalize_densify_equals_scanpy_subset(counts, target_sum, log1p, dtype):
+    """The fused operator: scanpy normalize_total (+ log1p) on all genes, then the gene subset."""
+    import torch
+
+    rng = np.random.default_rng(5)
+    genes = [int(g) for g in rng.choice(counts.n_vars, 60, replace=False)]
+    got = read_through(counts, lambda v, i: E.normalize_densify(
+        v, i, genes=genes, n_features=counts.n_vars, target_sum=target_sum, log1p=log1p, dtype=dtype))
+    ref = scanpy_normalized(counts.X, target_sum, log1p)[:, genes]
+    for row, _, _, out in got:
+        assert out.shape == (len(genes),)
+        if dtype == "float32":
+            np.testing.assert_allclose(out, ref[row], rtol=1e-6, atol=0, err_msg=f"row {row}")
+        elif dtype == "float16":
+            np.testing.assert_allclose(out.astype(np.float32), ref[row], rtol=2 ** -10, atol=0)
+        else:
+            back = torch.from_numpy(out.view(np.int16)).view(torch.bfloat16).float().numpy()
+            np.testing.assert_allclose(back, ref[row], rtol=2 ** -7, atol=0)
+
+
+def test_normalize_densify_equals_the_three_operators(counts):
+    genes = [7, 3, 250, 11, 399, 0]
+    got = read_through(counts, lambda v, i: (
+        E.normalize_densify(v, i, genes=genes, n_features=counts.n_vars),
+        E.densify(*E.select_genes(E.normalize(v), i, genes=genes), n_features=len(genes))))
+    for _, _, _, fused, chained in got:
+        np.testing.assert_array_equal(fused, chained)
+
+
+def test_normalize_densify_rejects_negative_values():
+    values = [np.array([1, -2], np.float32)]
+    indices = [np.array([0, 1], np.int32)]
+    with pytest.raises(RuntimeError, match="normalize needs non-negative values"):
+        run_on(lambda v, i: E.normalize_densify(v, i, n_features=4), values, indices)

@@ -137,9 +137,6 @@ def test_densify_selected_genes_equals_subset_toarray(counts, gene_set, dtype):
         np.testing.assert_array_equal(out_bits(out, dtype), to_dense_bits(dense[row], dtype))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: densify(genes=...) without n_features fails to build: "
-                   "'The argument \"n_features\" ... doesn't have a default value' (schema default 0 "
-                   "is not registered)")
 def test_densify_genes_without_n_features(counts):
     genes = GENE_SETS["common"](counts)
     got = read_through(counts, lambda v, i: (E.densify(v, i, genes=genes),

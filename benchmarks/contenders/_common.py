@@ -24,6 +24,10 @@ def parse_args(extra=None, argv=None) -> argparse.Namespace:
     p.add_argument("--cells", type=int, default=500_000, help="cells to time (after warm-up)")
     p.add_argument("--warmup-batches", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--genes-file", default=None,
+                   help="transforms mode: a .npy of column ids; every batch is then normalized "
+                        "(target_sum 1e4) + log1p'd, restricted to these genes and densified "
+                        "to float32 [batch, n_genes]")
     if extra is not None:
         extra(p)
     return p.parse_args(argv)
@@ -99,3 +103,16 @@ def emit(contender: str, args, cells: int, nnz: int, batches: int, timer: Timer,
     }
     print(json.dumps(result), flush=True)
     return result
+
+
+def scipy_transforms(x, genes, target_sum: float = 1e4):
+    """The usual CPU recipe on a scipy CSR batch, as scanpy's normalize_total + log1p, then the
+    gene subset and a dense float32 array: what users write around annbatch today."""
+    import numpy as np
+
+    x = x.astype(np.float32, copy=True)
+    totals = np.asarray(x.sum(axis=1)).ravel()
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    x.data *= np.repeat(scale, np.diff(x.indptr))
+    np.log1p(x.data, out=x.data)
+    return x[:, genes].toarray()

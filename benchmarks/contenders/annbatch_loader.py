@@ -14,6 +14,9 @@ performance"):
                           load_adata=lambda g: ad.AnnData(X=ad.io.sparse_dataset(g["X"])))
     for batch in loader: batch["X"]   # scipy.sparse.csr_matrix [<=B, n_vars]
 
+With ``--genes-file`` every batch also goes through ``_common.scipy_transforms`` (normalize +
+log1p + gene subset + dense float32 with scipy/numpy), in the loop, as users do today.
+
 The custom ``load_adata`` loads X only (no obs columns), as the README recommends to avoid
 yielding every obs column; biodali is likewise run without obs outputs. ``preload_to_gpu=False``
 and ``to=None`` make the Loader yield host scipy CSR matrices (its own CPU output); nothing is
@@ -72,10 +75,13 @@ def main(argv=None) -> dict:
             rng=np.random.default_rng(args.seed), preload_to_gpu=False, to=None)
         loader.use_collection(collection, load_adata=load_x)
 
+    genes = np.load(args.genes_file) if args.genes_file else None
     args.rss_before_first_batch = _common.current_rss_bytes()
     it = _batches(loader)
     for _ in range(args.warmup_batches):
         x = next(it)
+        if genes is not None:
+            _common.scipy_transforms(x, genes)
     cells = nnz = batches = 0
     with _common.Timer() as timer:
         while cells < args.cells:
@@ -85,6 +91,9 @@ def main(argv=None) -> dict:
             cells += x.shape[0]
             nnz += x.nnz
             batches += 1
+            if genes is not None:
+                dense = _common.scipy_transforms(x, genes)
+                assert dense.shape == (x.shape[0], len(genes)) and dense.dtype == np.float32
     return _common.emit(
         "annbatch", args, cells, nnz, batches, timer,
         codec_pipeline=zarr.config.get("codec_pipeline.path"),

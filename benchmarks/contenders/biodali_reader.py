@@ -8,6 +8,9 @@ holds one operator:
         path=PATH, random_shuffle=True, seed=S, chunk_size=C, preload_chunks=P,
         num_io_threads=T, prefetch_windows=W, name="reader")
 
+With ``--genes-file`` the pipeline continues with ``fn.biodali.expression.normalize`` ->
+``select_genes`` -> ``densify`` (float32) and each batch ends as one dense numpy array.
+
 Each ``pipe.run()`` batch ends as host CSR arrays (data, indices, indptr) via
 ``biodali.batch.ragged_to_flat`` (zero-copy views of DALI's contiguous outputs), the same form
 as annbatch's scipy CSR batches (``--scipy`` additionally wraps them in a scipy.sparse.csr_matrix).
@@ -39,6 +42,7 @@ def main(argv=None) -> dict:
     from nvidia.dali import fn, pipeline_def
 
     n_rows, n_cols = _common.x_shape(args.data)
+    genes = [int(g) for g in np.load(args.genes_file)] if args.genes_file else None
 
     # The reader prefetches windows on its own I/O threads, so DALI's pipeline-level prefetch
     # only adds a batch of output buffers (~95 MB at batch 4096) for no speed on the CPU: depth 1,
@@ -50,11 +54,19 @@ def main(argv=None) -> dict:
             path=args.data, random_shuffle=True, seed=args.seed, chunk_size=args.chunk_size,
             preload_chunks=args.preload_nchunks, num_io_threads=args.num_io_threads,
             prefetch_windows=args.prefetch_windows, name="reader")
+        if genes is not None:
+            expression = fn.biodali.expression
+            normalized = expression.normalize(values, target_sum=1e4, log1p=True)
+            subset_values, subset_indices = expression.select_genes(normalized, indices, genes=genes)
+            return expression.densify(subset_values, subset_indices, n_features=len(genes))
         return values, indices
 
     p = pipe()
     p.build()
     args.rss_before_first_batch = _common.current_rss_bytes()
+
+    if genes is not None:
+        return _run_transforms(args, p, n_rows, n_cols, np)
 
     def csr():
         values, indices = p.run()
@@ -90,6 +102,30 @@ def main(argv=None) -> dict:
         indices_dtype=str(np.dtype(indices_dtype)),
         versions={"biodali": biodali.__version__, **_dali_version(), "numpy": np.__version__},
         scipy_wrapped=args.scipy)
+
+
+def _run_transforms(args, p, n_rows, n_cols, np) -> dict:
+    """Transforms mode: each batch ends as one dense float32 numpy array (zero-copy view)."""
+    import biodali
+
+    def dense():
+        (out,) = p.run()
+        return np.asarray(out.as_tensor())
+
+    for _ in range(args.warmup_batches):
+        batch = dense()
+    cells = batches = 0
+    with _common.Timer() as timer:
+        while cells < args.cells:
+            batch = dense()
+            cells += batch.shape[0]
+            batches += 1
+    assert batch.dtype == np.float32 and batch.ndim == 2
+    return _common.emit(
+        "biodali", args, cells, 0, batches, timer,
+        num_io_threads=args.num_io_threads, prefetch_windows=args.prefetch_windows,
+        dali_num_threads=os.cpu_count(), n_obs=n_rows, n_vars=n_cols, output_shape=list(batch.shape),
+        versions={"biodali": biodali.__version__, **_dali_version(), "numpy": np.__version__})
 
 
 def _dali_version() -> dict:

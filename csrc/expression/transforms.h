@@ -62,6 +62,12 @@ template <typename T>
 void DensifyRow(const T *values, const int32_t *indices, int64_t nnz, const DensifyOptions &options,
                 void *out);
 
+// normalize -> (select genes) -> densify in one pass over the row: the row total needs every
+// value, but log1p is only computed for the entries that reach the output.
+template <typename T>
+void NormalizeDensifyRow(const T *values, const int32_t *indices, int64_t nnz,
+                         const NormalizeOptions &normalize, const DensifyOptions &densify, void *out);
+
 // Binomial thinning of integer counts: each of the row's counts is kept with probability p.
 // Throws on negative or non-integer values.
 template <typename T>

@@ -30,10 +30,11 @@ template <typename T>
 template <typename T>
 uint64_t CountOf(T v, int64_t element) {
   if constexpr (std::is_floating_point_v<T>) {
-    if (!(v >= 0) || v != std::floor(v) || v >= 9007199254740992.0)
-      FailValue("downsample needs non-negative integer counts", v, element);
-  } else if constexpr (std::is_signed_v<T>) {
-    if (v < 0) FailValue("downsample needs non-negative integer counts", v, element);
+    if (!(v >= 0) || v != std::floor(v) || v > kMaxCount)
+      FailValue("downsample needs non-negative integer counts up to 2^24", v, element);
+  } else {
+    if (IsNegativeOrNaN(v) || static_cast<uint64_t>(v) > kMaxCount)
+      FailValue("downsample needs non-negative integer counts up to 2^24", v, element);
   }
   return static_cast<uint64_t>(v);
 }
@@ -44,17 +45,35 @@ bool IsSupportedValueType(DType dtype) {
   return dtype != DType::kFloat16 && dtype != DType::kBool;
 }
 
+// target_sum / row total (0 for an all-zero row); throws on a negative or NaN value. Four
+// partial sums and a branch-free check keep the loop short (order of additions: j mod 4).
+template <typename T>
+double RowScale(const T *values, int64_t nnz, double target_sum) {
+  double partial[4] = {0, 0, 0, 0};
+  bool bad = false;
+  int64_t j = 0;
+  for (; j + 4 <= nnz; j += 4)
+    for (int k = 0; k < 4; ++k) {
+      bad |= IsNegativeOrNaN(values[j + k]);
+      partial[k] += static_cast<double>(values[j + k]);
+    }
+  for (; j < nnz; ++j) {
+    bad |= IsNegativeOrNaN(values[j]);
+    partial[0] += static_cast<double>(values[j]);
+  }
+  if (bad)
+    for (j = 0; j < nnz; ++j)
+      if (IsNegativeOrNaN(values[j])) FailValue("normalize needs non-negative values", values[j], j);
+  double total = (partial[0] + partial[1]) + (partial[2] + partial[3]);
+  return total > 0 ? target_sum / total : 0.0;
+}
+
 template <typename T>
 void NormalizeRow(const T *values, int64_t nnz, const NormalizeOptions &options, float *out) {
-  double total = 0;
-  for (int64_t j = 0; j < nnz; ++j) {
-    if (IsNegativeOrNaN(values[j])) FailValue("normalize needs non-negative values", values[j], j);
-    total += static_cast<double>(values[j]);
-  }
-  double scale = total > 0 ? options.target_sum / total : 0.0;
+  double scale = RowScale(values, nnz, options.target_sum);
   for (int64_t j = 0; j < nnz; ++j) {
     double scaled = static_cast<double>(values[j]) * scale;
-    out[j] = static_cast<float>(options.log1p ? std::log1p(scaled) : scaled);
+    out[j] = static_cast<float>(options.log1p ? Log1pForFloat(scaled) : scaled);
   }
 }
 
@@ -106,33 +125,78 @@ void SelectRow(const int32_t *indices, int64_t nnz, const GeneSelection &genes,
 
 size_t DenseTypeSize(DenseType type) { return type == DenseType::kFloat32 ? 4 : 2; }
 
+namespace {
+
+template <DenseType kType>
+void AddToSlot(void *out, int64_t slot, float v) {
+  if constexpr (kType == DenseType::kFloat32) {
+    static_cast<float *>(out)[slot] += v;
+  } else if constexpr (kType == DenseType::kFloat16) {
+    uint16_t &h = static_cast<uint16_t *>(out)[slot];
+    h = FloatToHalfBits(HalfBitsToFloat(h) + v);
+  } else {
+    uint16_t &b = static_cast<uint16_t *>(out)[slot];
+    b = FloatToBFloat16Bits(BFloat16BitsToFloat(b) + v);
+  }
+}
+
+// Zeros, then value_of(j) added at each selected column of the row. Selected entries are first
+// collected branch-free in small chunks, so value_of (a log) runs only for them and the
+// unpredictable "is this gene selected" test costs no mispredicted branches.
+template <DenseType kType, typename ValueOf>
+void ScatterRowAs(const int32_t *indices, int64_t nnz, const DensifyOptions &options, ValueOf value_of,
+                  void *out) {
+  int64_t length = options.genes ? options.genes->size() : options.n_features;
+  memset(out, 0, static_cast<size_t>(length) * DenseTypeSize(kType));
+  const int32_t *table = options.genes ? options.genes->table().data() : nullptr;
+  int64_t table_size = options.genes ? static_cast<int64_t>(options.genes->table().size()) : 0;
+  int64_t bound = options.n_features > 0 ? options.n_features : INT64_MAX;
+  constexpr int kChunk = 256;
+  int32_t elements[kChunk], slots[kChunk];
+  for (int64_t base = 0; base < nnz; base += kChunk) {
+    int64_t end = std::min<int64_t>(nnz, base + kChunk);
+    int count = 0;
+    for (int64_t j = base; j < end; ++j) {
+      int64_t column = indices[j];
+      if (column < 0 || column >= bound)
+        throw Error(StrCat("column index ", column, " at element ", j, " is outside [0, ",
+                           options.n_features, ")"));
+      int32_t slot = table ? (column < table_size ? table[column] : -1) : static_cast<int32_t>(column);
+      elements[count] = static_cast<int32_t>(j);
+      slots[count] = slot;
+      count += slot >= 0;
+    }
+    for (int k = 0; k < count; ++k) AddToSlot<kType>(out, slots[k], value_of(elements[k]));
+  }
+}
+
+template <typename ValueOf>
+void ScatterRow(const int32_t *indices, int64_t nnz, const DensifyOptions &options, ValueOf value_of,
+                void *out) {
+  switch (options.type) {
+    case DenseType::kFloat32: ScatterRowAs<DenseType::kFloat32>(indices, nnz, options, value_of, out); break;
+    case DenseType::kFloat16: ScatterRowAs<DenseType::kFloat16>(indices, nnz, options, value_of, out); break;
+    case DenseType::kBFloat16: ScatterRowAs<DenseType::kBFloat16>(indices, nnz, options, value_of, out); break;
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void DensifyRow(const T *values, const int32_t *indices, int64_t nnz, const DensifyOptions &options,
                 void *out) {
-  int64_t length = options.genes ? options.genes->size() : options.n_features;
-  memset(out, 0, static_cast<size_t>(length) * DenseTypeSize(options.type));
-  for (int64_t j = 0; j < nnz; ++j) {
-    int64_t column = indices[j];
-    if (column < 0 || (options.n_features > 0 && column >= options.n_features))
-      throw Error(StrCat("column index ", column, " at element ", j, " is outside [0, ",
-                         options.n_features, ")"));
-    int64_t slot = options.genes ? options.genes->PositionOf(column) : column;
-    if (slot < 0) continue;
-    float v = static_cast<float>(values[j]);
-    switch (options.type) {
-      case DenseType::kFloat32: static_cast<float *>(out)[slot] += v; break;
-      case DenseType::kFloat16: {
-        uint16_t &h = static_cast<uint16_t *>(out)[slot];
-        h = FloatToHalfBits(HalfBitsToFloat(h) + v);
-        break;
-      }
-      case DenseType::kBFloat16: {
-        uint16_t &b = static_cast<uint16_t *>(out)[slot];
-        b = FloatToBFloat16Bits(BFloat16BitsToFloat(b) + v);
-        break;
-      }
-    }
-  }
+  ScatterRow(indices, nnz, options, [values](int64_t j) { return static_cast<float>(values[j]); }, out);
+}
+
+template <typename T>
+void NormalizeDensifyRow(const T *values, const int32_t *indices, int64_t nnz,
+                         const NormalizeOptions &normalize, const DensifyOptions &densify, void *out) {
+  double scale = RowScale(values, nnz, normalize.target_sum);
+  bool log1p = normalize.log1p;
+  ScatterRow(indices, nnz, densify, [=](int64_t j) {
+    double scaled = static_cast<double>(values[j]) * scale;
+    return static_cast<float>(log1p ? Log1pForFloat(scaled) : scaled);
+  }, out);
 }
 
 template <typename T>
@@ -211,6 +275,8 @@ void BinValuesRow(const T *values, int64_t nnz, int n_bins, int32_t *out,
   template void NormalizeRow<T>(const T *, int64_t, const NormalizeOptions &, float *);          \
   template void DensifyRow<T>(const T *, const int32_t *, int64_t, const DensifyOptions &,       \
                               void *);                                                           \
+  template void NormalizeDensifyRow<T>(const T *, const int32_t *, int64_t,                      \
+                                       const NormalizeOptions &, const DensifyOptions &, void *); \
   template void DownsampleRow<T>(const T *, int64_t, double, double, const RowRandom &, T *);    \
   template void MaskRow<T>(const T *, const int32_t *, int64_t, double, const RowRandom &, T *); \
   template int64_t RankTokensRow<T>(const T *, const int32_t *, int64_t, const float *, int64_t, \

@@ -24,12 +24,12 @@ __device__ bool IsNegativeOrNaN(T v) {
 template <typename T>
 __device__ uint64_t CountOf(T v, bool *bad) {
   if constexpr (std::is_floating_point_v<T>) {
-    if (!(v >= 0) || v != floor(v) || v >= 9007199254740992.0) {
+    if (!(v >= 0) || v != floor(v) || v > kMaxCount) {
       *bad = true;
       return 0;
     }
-  } else if constexpr (std::is_signed_v<T>) {
-    if (v < 0) {
+  } else {
+    if (IsNegativeOrNaN(v) || static_cast<uint64_t>(v) > kMaxCount) {
       *bad = true;
       return 0;
     }
@@ -94,14 +94,29 @@ __device__ void AddToHalfSlot(uint16_t *slot, float x) {
   } while (old != assumed);
 }
 
-template <typename T, DenseType kType>
+// With kNormalize, values are first scaled to target_sum (and log1p'd), as NormalizeDensifyRow.
+template <typename T, DenseType kType, bool kNormalize>
 __global__ void DensifyKernel(Rows rows, int64_t n_features, const int32_t *gene_table,
-                              int64_t table_size, int64_t out_length, void *const *out,
-                              int *error_flags) {
+                              int64_t table_size, int64_t out_length, NormalizeOptions normalize,
+                              void *const *out, int *error_flags) {
+  using Reduce = cub::BlockReduce<double, kBlock>;
+  __shared__ typename Reduce::TempStorage reduce_storage;
+  __shared__ double scale;
   int r = blockIdx.x;
   RowSpan row = RowOf(rows, r);
   const T *values = static_cast<const T *>(rows.values[r]);
   const int32_t *indices = rows.indices[r];
+  if constexpr (kNormalize) {
+    double partial = 0;
+    bool negative = false;
+    for (int64_t j = threadIdx.x; j < row.length; j += blockDim.x) {
+      negative |= IsNegativeOrNaN(values[j]);
+      partial += static_cast<double>(values[j]);
+    }
+    if (negative) atomicOr(error_flags, kNegativeValue);
+    double total = Reduce(reduce_storage).Sum(partial);
+    if (threadIdx.x == 0) scale = total > 0 ? normalize.target_sum / total : 0.0;
+  }
   using Slot = std::conditional_t<kType == DenseType::kFloat32, float, uint16_t>;
   Slot *dense = static_cast<Slot *>(out[r]);
   for (int64_t k = threadIdx.x; k < out_length; k += blockDim.x) dense[k] = Slot(0);
@@ -115,7 +130,13 @@ __global__ void DensifyKernel(Rows rows, int64_t n_features, const int32_t *gene
     }
     int64_t slot = gene_table ? (column < table_size ? gene_table[column] : -1) : column;
     if (slot < 0) continue;
-    float x = static_cast<float>(values[j]);
+    float x;
+    if constexpr (kNormalize) {
+      double scaled = static_cast<double>(values[j]) * scale;
+      x = static_cast<float>(normalize.log1p ? log1p(scaled) : scaled);
+    } else {
+      x = static_cast<float>(values[j]);
+    }
     if constexpr (kType == DenseType::kFloat32) atomicAdd(&dense[slot], x);
     else AddToHalfSlot<kType>(&dense[slot], x);
   }
@@ -293,27 +314,43 @@ void GatherValues(const Rows &rows, const int32_t *source_element, const int64_t
   CheckLaunch("select_genes");
 }
 
-void Densify(const Rows &rows, int64_t n_features, const int32_t *gene_table, int64_t table_size,
-             int64_t out_length, DenseType type, void *const *out, int *error_flags,
-             cudaStream_t stream) {
+namespace {
+
+template <bool kNormalize>
+void LaunchDensify(const Rows &rows, int64_t n_features, const int32_t *gene_table, int64_t table_size,
+                   int64_t out_length, DenseType type, const NormalizeOptions &normalize,
+                   void *const *out, int *error_flags, cudaStream_t stream) {
   if (rows.num_rows == 0) return;
   BIODALI_VALUE_TYPE_SWITCH(rows.value_dtype, T, {
     switch (type) {
       case DenseType::kFloat32:
-        DensifyKernel<T, DenseType::kFloat32><<<rows.num_rows, kBlock, 0, stream>>>(
-            rows, n_features, gene_table, table_size, out_length, out, error_flags);
+        DensifyKernel<T, DenseType::kFloat32, kNormalize><<<rows.num_rows, kBlock, 0, stream>>>(
+            rows, n_features, gene_table, table_size, out_length, normalize, out, error_flags);
         break;
       case DenseType::kFloat16:
-        DensifyKernel<T, DenseType::kFloat16><<<rows.num_rows, kBlock, 0, stream>>>(
-            rows, n_features, gene_table, table_size, out_length, out, error_flags);
+        DensifyKernel<T, DenseType::kFloat16, kNormalize><<<rows.num_rows, kBlock, 0, stream>>>(
+            rows, n_features, gene_table, table_size, out_length, normalize, out, error_flags);
         break;
       case DenseType::kBFloat16:
-        DensifyKernel<T, DenseType::kBFloat16><<<rows.num_rows, kBlock, 0, stream>>>(
-            rows, n_features, gene_table, table_size, out_length, out, error_flags);
+        DensifyKernel<T, DenseType::kBFloat16, kNormalize><<<rows.num_rows, kBlock, 0, stream>>>(
+            rows, n_features, gene_table, table_size, out_length, normalize, out, error_flags);
         break;
     }
   });
   CheckLaunch("densify");
+}
+
+}  // namespace
+
+void Densify(const Rows &rows, int64_t n_features, const int32_t *gene_table, int64_t table_size,
+             int64_t out_length, DenseType type, const NormalizeOptions *normalize, void *const *out,
+             int *error_flags, cudaStream_t stream) {
+  if (normalize)
+    LaunchDensify<true>(rows, n_features, gene_table, table_size, out_length, type, *normalize, out,
+                        error_flags, stream);
+  else
+    LaunchDensify<false>(rows, n_features, gene_table, table_size, out_length, type, NormalizeOptions{},
+                         out, error_flags, stream);
 }
 
 void Downsample(const Rows &rows, const float *fraction, const float *target_total, int64_t seed,

@@ -48,10 +48,11 @@ void Normalize(const Rows &rows, const NormalizeOptions &options, float *const *
 void GatherValues(const Rows &rows, const int32_t *source_element, const int64_t *out_offsets,
                   void *const *out_values, cudaStream_t stream);
 
-// `gene_table` (device, table_size entries: column -> position or -1) when selecting genes.
+// `gene_table` (device, table_size entries: column -> position or -1) when selecting genes;
+// `normalize` (or null) to normalize first, as NormalizeDensifyRow.
 void Densify(const Rows &rows, int64_t n_features, const int32_t *gene_table, int64_t table_size,
-             int64_t out_length, DenseType type, void *const *out, int *error_flags,
-             cudaStream_t stream);
+             int64_t out_length, DenseType type, const NormalizeOptions *normalize, void *const *out,
+             int *error_flags, cudaStream_t stream);
 
 // fraction / target_total: per-row device arrays (as DownsampleRow's arguments).
 void Downsample(const Rows &rows, const float *fraction, const float *target_total,
