@@ -8,8 +8,10 @@ holds one operator:
         path=PATH, random_shuffle=True, seed=S, chunk_size=C, preload_chunks=P,
         num_io_threads=T, prefetch_windows=W, name="reader")
 
-With ``--genes-file`` the pipeline continues with ``fn.biodali.expression.normalize`` ->
-``select_genes`` -> ``densify`` (float32) and each batch ends as one dense numpy array.
+With ``--genes-file`` the pipeline continues with ``fn.biodali.expression.normalize_densify``
+(normalize + log1p + gene subset + densify float32 in one operator; ``--chain``: the three
+operators ``normalize`` -> ``select_genes`` -> ``densify``) and each batch ends as one dense
+numpy array.
 
 Each ``pipe.run()`` batch ends as host CSR arrays (data, indices, indptr) via
 ``biodali.batch.ragged_to_flat`` (zero-copy views of DALI's contiguous outputs), the same form
@@ -29,6 +31,9 @@ import _common  # noqa: E402
 def _extra(p):
     p.add_argument("--num-io-threads", type=int, default=0, help="0: one per core")
     p.add_argument("--prefetch-windows", type=int, default=1)
+    p.add_argument("--chain", action="store_true",
+                   help="transforms mode: normalize -> select_genes -> densify as three operators "
+                        "instead of the fused normalize_densify")
     p.add_argument("--scipy", action="store_true",
                    help="also wrap every batch in a scipy.sparse.csr_matrix (index checks included)")
 
@@ -56,6 +61,9 @@ def main(argv=None) -> dict:
             prefetch_windows=args.prefetch_windows, name="reader")
         if genes is not None:
             expression = fn.biodali.expression
+            if not args.chain:
+                return expression.normalize_densify(values, indices, genes=genes, n_features=n_cols,
+                                                    target_sum=1e4, log1p=True)
             normalized = expression.normalize(values, target_sum=1e4, log1p=True)
             subset_values, subset_indices = expression.select_genes(normalized, indices, genes=genes)
             return expression.densify(subset_values, subset_indices, n_features=len(genes))
@@ -122,7 +130,7 @@ def _run_transforms(args, p, n_rows, n_cols, np) -> dict:
             batches += 1
     assert batch.dtype == np.float32 and batch.ndim == 2
     return _common.emit(
-        "biodali", args, cells, 0, batches, timer,
+        "biodali_chain" if args.chain else "biodali", args, cells, 0, batches, timer,
         num_io_threads=args.num_io_threads, prefetch_windows=args.prefetch_windows,
         dali_num_threads=os.cpu_count(), n_obs=n_rows, n_vars=n_cols, output_shape=list(batch.shape),
         versions={"biodali": biodali.__version__, **_dali_version(), "numpy": np.__version__})
