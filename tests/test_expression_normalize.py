@@ -123,3 +123,16 @@ def test_normalize_densify_rejects_negative_values():
     indices = [np.array([0, 1], np.int32)]
     with pytest.raises(RuntimeError, match="normalize needs non-negative values"):
         run_on(lambda v, i: E.normalize_densify(v, i, n_features=4), values, indices)
+
+
+def test_per_gene_scaling_is_dalis_own_normalize(counts):
+    """log1p+scale: normalize_densify, then fn.normalize with per-gene mean/std constants (the
+    documented recipe; no biodali operator) equals the z-scores numpy computes."""
+    genes = list(range(0, counts.n_vars, 7))
+    ref = scanpy_normalized(counts.X, 1e4, True)[:, genes]
+    mean, std = ref.mean(axis=0), ref.std(axis=0) + 1e-3
+    got = read_through(counts, lambda v, i: fn.normalize(
+        E.normalize_densify(v, i, genes=genes, n_features=counts.n_vars),
+        mean=types.Constant(mean.astype(np.float32)), stddev=types.Constant(std.astype(np.float32))))
+    for row, _, _, out in got:
+        np.testing.assert_allclose(out, (ref[row] - mean) / std, rtol=1e-5, atol=1e-5)
