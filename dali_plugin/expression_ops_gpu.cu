@@ -177,16 +177,11 @@ class SelectGenesGpu : public dali::StatelessOperator<GPUBackend> {
         source[out_offsets[s] + k] = kept_[s][k].second;
       }
     auto out_values = OutputPointers<void>(ws, 0);
-    auto [source_dev, offsets_dev, out_values_dev, positions_dev] =
-        scratch.ToContiguousGPU(ws.stream(), source, out_offsets, out_values, positions);
-    gpu::GatherValues(rows, source_dev, offsets_dev, out_values_dev, ws.stream());
-    // The new indices were computed on the host: one copy into the (contiguous) output.
-    auto &out_indices = ws.Output<GPUBackend>(1);
-    for (int s = 0; s < n; ++s)
-      if (!kept_[s].empty())
-        CheckCuda(cudaMemcpyAsync(out_indices.raw_mutable_tensor(s), positions_dev + out_offsets[s],
-                                  kept_[s].size() * sizeof(int32_t), cudaMemcpyDeviceToDevice, ws.stream()),
-                  "select_genes");
+    auto out_indices = OutputPointers<int32_t>(ws, 1);
+    auto [source_dev, positions_dev, offsets_dev, out_values_dev, out_indices_dev] =
+        scratch.ToContiguousGPU(ws.stream(), source, positions, out_offsets, out_values, out_indices);
+    gpu::GatherSelected(rows, source_dev, positions_dev, offsets_dev, out_values_dev, out_indices_dev,
+                        ws.stream());
   }
 
  private:

@@ -72,13 +72,17 @@ __global__ void NormalizeKernel(Rows rows, double target_sum, bool log1p, float 
 }
 
 template <typename T>
-__global__ void GatherKernel(Rows rows, const int32_t *source_element, const int64_t *out_offsets,
-                             void *const *out_values) {
+__global__ void GatherKernel(Rows rows, const int32_t *source_element, const int32_t *positions,
+                             const int64_t *out_offsets, void *const *out_values,
+                             int32_t *const *out_indices) {
   int r = blockIdx.x;
   const T *values = static_cast<const T *>(rows.values[r]);
   T *out = static_cast<T *>(out_values[r]);
   int64_t begin = out_offsets[r], length = out_offsets[r + 1] - begin;
-  for (int64_t k = threadIdx.x; k < length; k += blockDim.x) out[k] = values[source_element[begin + k]];
+  for (int64_t k = threadIdx.x; k < length; k += blockDim.x) {
+    out[k] = values[source_element[begin + k]];
+    out_indices[r][k] = positions[begin + k];
+  }
 }
 
 // Adds to a float16/bfloat16 slot exactly as the CPU twin does: round(float(old) + x).
@@ -305,11 +309,13 @@ void Normalize(const Rows &rows, const NormalizeOptions &options, float *const *
   CheckLaunch("normalize");
 }
 
-void GatherValues(const Rows &rows, const int32_t *source_element, const int64_t *out_offsets,
-                  void *const *out_values, cudaStream_t stream) {
+void GatherSelected(const Rows &rows, const int32_t *source_element, const int32_t *positions,
+                    const int64_t *out_offsets, void *const *out_values, int32_t *const *out_indices,
+                    cudaStream_t stream) {
   if (rows.num_rows == 0) return;
   BIODALI_VALUE_TYPE_SWITCH(rows.value_dtype, T, {
-    GatherKernel<T><<<rows.num_rows, kBlock, 0, stream>>>(rows, source_element, out_offsets, out_values);
+    GatherKernel<T><<<rows.num_rows, kBlock, 0, stream>>>(rows, source_element, positions, out_offsets,
+                                                          out_values, out_indices);
   });
   CheckLaunch("select_genes");
 }

@@ -44,9 +44,11 @@ class Scratch {
 void Normalize(const Rows &rows, const NormalizeOptions &options, float *const *out,
                int *error_flags, cudaStream_t stream);
 
-// Gathers values[source_element[k]] of each row into out_values (lengths: out_offsets).
-void GatherValues(const Rows &rows, const int32_t *source_element, const int64_t *out_offsets,
-                  void *const *out_values, cudaStream_t stream);
+// select_genes with the selection made on the host: row r's k-th output is
+// values[source_element[o + k]] at column positions[o + k], o = out_offsets[r].
+void GatherSelected(const Rows &rows, const int32_t *source_element, const int32_t *positions,
+                    const int64_t *out_offsets, void *const *out_values, int32_t *const *out_indices,
+                    cudaStream_t stream);
 
 // `gene_table` (device, table_size entries: column -> position or -1) when selecting genes;
 // `normalize` (or null) to normalize first, as NormalizeDensifyRow.
