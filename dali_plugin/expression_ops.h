@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -142,5 +144,72 @@ class RandomExpressionOp : public dali::Operator<Backend> {
 // Random streams, so two random operators with one seed still draw differently.
 constexpr uint32_t kDownsampleStream = 1;
 constexpr uint32_t kMaskStream = 2;
+
+// downsample's setup, shared by both backends: per-sample fraction or target_total.
+template <typename Backend>
+class DownsampleBase : public RandomExpressionOp<Backend> {
+ protected:
+  explicit DownsampleBase(const dali::OpSpec &spec) : RandomExpressionOp<Backend>(spec, kDownsampleStream) {}
+
+  bool SetupImpl(std::vector<dali::OutputDesc> &out, const dali::Workspace &ws) override {
+    CheckSparseInputs(ws, 0);
+    int n = ws.GetInputShape(0).num_samples();
+    this->GetPerSampleArgument(fraction_, "fraction", ws, n);
+    this->GetPerSampleArgument(target_total_, "target_total", ws, n);
+    for (int s = 0; s < n; ++s) {
+      bool has_fraction = fraction_[s] >= 0, has_target = target_total_[s] >= 0;
+      if (has_fraction == has_target)
+        throw Error(StrCat("sample ", s, ": give exactly one of fraction and target_total"));
+      if (has_fraction && fraction_[s] > 1)
+        throw Error(StrCat("sample ", s, ": fraction must be in [0, 1], got ", fraction_[s]));
+    }
+    out = {{ws.GetInputShape(0), ws.GetInputDataType(0)}};
+    return true;
+  }
+
+  std::vector<float> fraction_, target_total_;
+};
+
+// mask's setup, shared by both backends: per-sample probability.
+template <typename Backend>
+class MaskBase : public RandomExpressionOp<Backend> {
+ protected:
+  explicit MaskBase(const dali::OpSpec &spec) : RandomExpressionOp<Backend>(spec, kMaskStream) {}
+
+  bool SetupImpl(std::vector<dali::OutputDesc> &out, const dali::Workspace &ws) override {
+    CheckSparseInputs(ws, ws.NumInput() - 1);
+    this->GetPerSampleArgument(probability_, "probability", ws, ws.GetInputShape(0).num_samples());
+    for (size_t s = 0; s < probability_.size(); ++s)
+      if (!(probability_[s] >= 0 && probability_[s] <= 1))
+        throw Error(StrCat("sample ", s, ": probability must be in [0, 1], got ", probability_[s]));
+    out = {{ws.GetInputShape(0), ws.GetInputDataType(0)}};
+    return true;
+  }
+
+  std::vector<float> probability_;
+};
+
+// densify / normalize_densify arguments, parsed once for either backend.
+struct DensifyConfig {
+  std::unique_ptr<expression::GeneSelection> genes;
+  int64_t n_features = 0;
+  expression::DenseType type = expression::DenseType::kFloat32;
+  std::optional<expression::NormalizeOptions> normalize;  // normalize_densify
+
+  DensifyConfig(const dali::OpSpec &spec, bool with_normalize) {
+    auto columns = GeneColumnsFrom(spec);
+    if (!columns.empty()) genes = std::make_unique<expression::GeneSelection>(columns);
+    n_features = spec.GetArgument<int64_t>("n_features");
+    type = DenseTypeFrom(spec);
+    if (with_normalize) normalize = NormalizeOptionsFrom(spec);
+    if (!genes && n_features <= 0) throw Error("densify needs n_features (the number of columns) or genes");
+    CheckGenesWithin(columns, n_features);
+  }
+  int64_t OutLength() const { return genes ? genes->size() : n_features; }
+  expression::DensifyOptions Options() const { return {n_features, type, genes.get()}; }
+  dali::OutputDesc Output(int num_samples) const {
+    return {dali::uniform_list_shape(num_samples, {OutLength()}), DaliTypeOf(type)};
+  }
+};
 
 }  // namespace biodali::plugin

@@ -119,24 +119,13 @@ class SelectGenesCpu : public dali::StatelessOperator<CPUBackend> {
 // densify, and normalize_densify (normalize -> select -> densify fused) when `normalize` is set.
 class DensifyCpu : public dali::StatelessOperator<CPUBackend> {
  public:
-  explicit DensifyCpu(const dali::OpSpec &spec, bool normalize = false) : StatelessOperator(spec) {
-    if (normalize) normalize_ = NormalizeOptionsFrom(spec);
-    auto genes = GeneColumnsFrom(spec);
-    if (!genes.empty()) genes_ = std::make_unique<expression::GeneSelection>(genes);
-    options_.n_features = spec.GetArgument<int64_t>("n_features");
-    options_.type = DenseTypeFrom(spec);
-    options_.genes = genes_.get();
-    if (!genes_ && options_.n_features <= 0)
-      throw Error("densify needs n_features (the number of columns) or genes");
-    CheckGenesWithin(genes, options_.n_features);
-  }
+  explicit DensifyCpu(const dali::OpSpec &spec, bool normalize = false)
+      : StatelessOperator(spec), config_(spec, normalize), options_(config_.Options()) {}
 
  protected:
   bool SetupImpl(std::vector<dali::OutputDesc> &out, const dali::Workspace &ws) override {
     CheckSparseInputs(ws, 1);
-    int64_t length = genes_ ? genes_->size() : options_.n_features;
-    out = {{dali::uniform_list_shape(ws.GetInputShape(0).num_samples(), {length}),
-            DaliTypeOf(options_.type)}};
+    out = {config_.Output(ws.GetInputShape(0).num_samples())};
     return true;
   }
   void RunImpl(dali::Workspace &ws) override {
@@ -144,9 +133,9 @@ class DensifyCpu : public dali::StatelessOperator<CPUBackend> {
     BIODALI_VALUE_TYPE_SWITCH(ValueDType(ws), T, {
       ForEachSample(ws, shapes.num_samples(), shapes, [&](int s, int) {
         void *out = ws.Output<CPUBackend>(0).raw_mutable_tensor(s);
-        if (normalize_)
+        if (config_.normalize)
           expression::NormalizeDensifyRow(InputRow<T>(ws, 0, s), InputRow<int32_t>(ws, 1, s), shapes[s][0],
-                                          *normalize_, options_, out);
+                                          *config_.normalize, options_, out);
         else
           expression::DensifyRow(InputRow<T>(ws, 0, s), InputRow<int32_t>(ws, 1, s), shapes[s][0], options_, out);
       });
@@ -154,9 +143,8 @@ class DensifyCpu : public dali::StatelessOperator<CPUBackend> {
   }
 
  private:
-  std::unique_ptr<expression::GeneSelection> genes_;
+  DensifyConfig config_;
   expression::DensifyOptions options_;
-  std::optional<expression::NormalizeOptions> normalize_;
 };
 
 class NormalizeDensifyCpu final : public DensifyCpu {
@@ -164,26 +152,11 @@ class NormalizeDensifyCpu final : public DensifyCpu {
   explicit NormalizeDensifyCpu(const dali::OpSpec &spec) : DensifyCpu(spec, true) {}
 };
 
-class DownsampleCpu : public RandomExpressionOp<CPUBackend> {
+class DownsampleCpu : public DownsampleBase<CPUBackend> {
  public:
-  explicit DownsampleCpu(const dali::OpSpec &spec) : RandomExpressionOp(spec, kDownsampleStream) {}
+  explicit DownsampleCpu(const dali::OpSpec &spec) : DownsampleBase(spec) {}
 
  protected:
-  bool SetupImpl(std::vector<dali::OutputDesc> &out, const dali::Workspace &ws) override {
-    CheckSparseInputs(ws, 0);
-    int n = ws.GetInputShape(0).num_samples();
-    GetPerSampleArgument(fraction_, "fraction", ws, n);
-    GetPerSampleArgument(target_total_, "target_total", ws, n);
-    for (int s = 0; s < n; ++s) {
-      bool has_fraction = fraction_[s] >= 0, has_target = target_total_[s] >= 0;
-      if (has_fraction == has_target)
-        throw Error(StrCat("sample ", s, ": give exactly one of fraction and target_total"));
-      if (has_fraction && fraction_[s] > 1)
-        throw Error(StrCat("sample ", s, ": fraction must be in [0, 1], got ", fraction_[s]));
-    }
-    out = {{ws.GetInputShape(0), ws.GetInputDataType(0)}};
-    return true;
-  }
   void RunImpl(dali::Workspace &ws) override {
     const auto &shapes = ws.GetInputShape(0);
     BIODALI_VALUE_TYPE_SWITCH(ValueDType(ws), T, {
@@ -194,25 +167,13 @@ class DownsampleCpu : public RandomExpressionOp<CPUBackend> {
     });
     ++batch_counter_;
   }
-
- private:
-  std::vector<float> fraction_, target_total_;
 };
 
-class MaskCpu : public RandomExpressionOp<CPUBackend> {
+class MaskCpu : public MaskBase<CPUBackend> {
  public:
-  explicit MaskCpu(const dali::OpSpec &spec) : RandomExpressionOp(spec, kMaskStream) {}
+  explicit MaskCpu(const dali::OpSpec &spec) : MaskBase(spec) {}
 
  protected:
-  bool SetupImpl(std::vector<dali::OutputDesc> &out, const dali::Workspace &ws) override {
-    CheckSparseInputs(ws, ws.NumInput() - 1);
-    GetPerSampleArgument(probability_, "probability", ws, ws.GetInputShape(0).num_samples());
-    for (size_t s = 0; s < probability_.size(); ++s)
-      if (!(probability_[s] >= 0 && probability_[s] <= 1))
-        throw Error(StrCat("sample ", s, ": probability must be in [0, 1], got ", probability_[s]));
-    out = {{ws.GetInputShape(0), ws.GetInputDataType(0)}};
-    return true;
-  }
   void RunImpl(dali::Workspace &ws) override {
     const auto &shapes = ws.GetInputShape(0);
     bool keyed_by_column = ws.NumInput() > 1;
@@ -224,9 +185,6 @@ class MaskCpu : public RandomExpressionOp<CPUBackend> {
     });
     ++batch_counter_;
   }
-
- private:
-  std::vector<float> probability_;
 };
 
 class RankTokensCpu : public dali::StatelessOperator<CPUBackend> {

@@ -193,15 +193,8 @@ class SelectGenesGpu : public dali::StatelessOperator<GPUBackend> {
 // densify, and normalize_densify when `normalize` is set.
 class DensifyGpu : public dali::StatelessOperator<GPUBackend> {
  public:
-  explicit DensifyGpu(const dali::OpSpec &spec, bool normalize = false) : StatelessOperator(spec) {
-    if (normalize) normalize_ = NormalizeOptionsFrom(spec);
-    auto genes = GeneColumnsFrom(spec);
-    if (!genes.empty()) genes_ = std::make_unique<expression::GeneSelection>(genes);
-    n_features_ = spec.GetArgument<int64_t>("n_features");
-    type_ = DenseTypeFrom(spec);
-    if (!genes_ && n_features_ <= 0) throw Error("densify needs n_features (the number of columns) or genes");
-    CheckGenesWithin(genes, n_features_);
-  }
+  explicit DensifyGpu(const dali::OpSpec &spec, bool normalize = false)
+      : StatelessOperator(spec), config_(spec, normalize) {}
   ~DensifyGpu() override {
     if (gene_table_) cudaFree(gene_table_);
   }
@@ -210,12 +203,13 @@ class DensifyGpu : public dali::StatelessOperator<GPUBackend> {
   bool SetupImpl(std::vector<dali::OutputDesc> &out, const dali::Workspace &ws) override {
     errors_.ThrowIfSet();
     CheckSparseInputs(ws, 1);
-    out = {{dali::uniform_list_shape(ws.GetInputShape(0).num_samples(), {OutLength()}), DaliTypeOf(type_)}};
+    out = {config_.Output(ws.GetInputShape(0).num_samples())};
     return true;
   }
   void RunImpl(dali::Workspace &ws) override {
-    if (genes_ && !gene_table_) {  // the column -> position table goes up once
-      const auto &table = genes_->table();
+    const auto *genes = config_.genes.get();
+    if (genes && !gene_table_) {  // the column -> position table goes up once
+      const auto &table = genes->table();
       CheckCuda(cudaMalloc(&gene_table_, table.size() * sizeof(int32_t)), "densify");
       CheckCuda(cudaMemcpyAsync(gene_table_, table.data(), table.size() * sizeof(int32_t),
                                 cudaMemcpyHostToDevice, ws.stream()), "densify");
@@ -223,19 +217,15 @@ class DensifyGpu : public dali::StatelessOperator<GPUBackend> {
     dali::kernels::DynamicScratchpad scratch(ws.stream());
     auto rows = UploadRows(ws, true, scratch);
     auto out = OutputPointers<void>(ws, 0);
-    gpu::Densify(rows, n_features_, gene_table_, genes_ ? static_cast<int64_t>(genes_->table().size()) : 0,
-                 OutLength(), type_, normalize_ ? &*normalize_ : nullptr, ToDevice(scratch, ws.stream(), out),
-                 errors_.Device(ws.stream()), ws.stream());
+    gpu::Densify(rows, config_.n_features, gene_table_, genes ? static_cast<int64_t>(genes->table().size()) : 0,
+                 config_.OutLength(), config_.type, config_.normalize ? &*config_.normalize : nullptr,
+                 ToDevice(scratch, ws.stream(), out), errors_.Device(ws.stream()), ws.stream());
     errors_.Publish(ws.stream());
   }
 
  private:
-  int64_t OutLength() const { return genes_ ? genes_->size() : n_features_; }
-  std::unique_ptr<expression::GeneSelection> genes_;
+  DensifyConfig config_;
   int32_t *gene_table_ = nullptr;
-  int64_t n_features_ = 0;
-  expression::DenseType type_;
-  std::optional<expression::NormalizeOptions> normalize_;
   DeviceErrorFlags errors_;
 };
 
@@ -244,25 +234,14 @@ class NormalizeDensifyGpu final : public DensifyGpu {
   explicit NormalizeDensifyGpu(const dali::OpSpec &spec) : DensifyGpu(spec, true) {}
 };
 
-class DownsampleGpu : public RandomExpressionOp<GPUBackend> {
+class DownsampleGpu : public DownsampleBase<GPUBackend> {
  public:
-  explicit DownsampleGpu(const dali::OpSpec &spec) : RandomExpressionOp(spec, kDownsampleStream) {}
+  explicit DownsampleGpu(const dali::OpSpec &spec) : DownsampleBase(spec) {}
 
  protected:
   bool SetupImpl(std::vector<dali::OutputDesc> &out, const dali::Workspace &ws) override {
     errors_.ThrowIfSet();
-    CheckSparseInputs(ws, 0);
-    int n = ws.GetInputShape(0).num_samples();
-    GetPerSampleArgument(fraction_, "fraction", ws, n);
-    GetPerSampleArgument(target_total_, "target_total", ws, n);
-    for (int s = 0; s < n; ++s) {
-      bool has_fraction = fraction_[s] >= 0, has_target = target_total_[s] >= 0;
-      if (has_fraction == has_target) throw Error(StrCat("sample ", s, ": give exactly one of fraction and target_total"));
-      if (has_fraction && fraction_[s] > 1)
-        throw Error(StrCat("sample ", s, ": fraction must be in [0, 1], got ", fraction_[s]));
-    }
-    out = {{ws.GetInputShape(0), ws.GetInputDataType(0)}};
-    return true;
+    return DownsampleBase::SetupImpl(out, ws);
   }
   void RunImpl(dali::Workspace &ws) override {
     dali::kernels::DynamicScratchpad scratch(ws.stream());
@@ -276,24 +255,14 @@ class DownsampleGpu : public RandomExpressionOp<GPUBackend> {
   }
 
  private:
-  std::vector<float> fraction_, target_total_;
   DeviceErrorFlags errors_;
 };
 
-class MaskGpu : public RandomExpressionOp<GPUBackend> {
+class MaskGpu : public MaskBase<GPUBackend> {
  public:
-  explicit MaskGpu(const dali::OpSpec &spec) : RandomExpressionOp(spec, kMaskStream) {}
+  explicit MaskGpu(const dali::OpSpec &spec) : MaskBase(spec) {}
 
  protected:
-  bool SetupImpl(std::vector<dali::OutputDesc> &out, const dali::Workspace &ws) override {
-    CheckSparseInputs(ws, ws.NumInput() - 1);
-    GetPerSampleArgument(probability_, "probability", ws, ws.GetInputShape(0).num_samples());
-    for (size_t s = 0; s < probability_.size(); ++s)
-      if (!(probability_[s] >= 0 && probability_[s] <= 1))
-        throw Error(StrCat("sample ", s, ": probability must be in [0, 1], got ", probability_[s]));
-    out = {{ws.GetInputShape(0), ws.GetInputDataType(0)}};
-    return true;
-  }
   void RunImpl(dali::Workspace &ws) override {
     dali::kernels::DynamicScratchpad scratch(ws.stream());
     auto rows = UploadRows(ws, ws.NumInput() > 1, scratch);
@@ -302,9 +271,6 @@ class MaskGpu : public RandomExpressionOp<GPUBackend> {
     gpu::Mask(rows, probability, seed_, batch_counter_, stream_, out_dev, ws.stream());
     ++batch_counter_;
   }
-
- private:
-  std::vector<float> probability_;
 };
 
 class RankTokensGpu : public dali::StatelessOperator<GPUBackend> {

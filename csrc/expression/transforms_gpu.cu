@@ -45,26 +45,32 @@ __device__ RowSpan RowOf(const Rows &rows, int r) {
   return {rows.offsets[r], rows.offsets[r + 1] - rows.offsets[r]};
 }
 
+// target_sum / row total for the whole block (0 for an all-zero row); flags negative values.
 template <typename T>
-__global__ void NormalizeKernel(Rows rows, double target_sum, bool log1p, float *const *out,
-                                int *error_flags) {
+__device__ double BlockRowScale(const T *values, int64_t length, double target_sum, int *error_flags) {
   using Reduce = cub::BlockReduce<double, kBlock>;
   __shared__ typename Reduce::TempStorage reduce_storage;
-  __shared__ double total;
-  int r = blockIdx.x;
-  RowSpan row = RowOf(rows, r);
-  const T *values = static_cast<const T *>(rows.values[r]);
+  __shared__ double scale;
   double partial = 0;
   bool bad = false;
-  for (int64_t j = threadIdx.x; j < row.length; j += blockDim.x) {
+  for (int64_t j = threadIdx.x; j < length; j += blockDim.x) {
     bad |= IsNegativeOrNaN(values[j]);
     partial += static_cast<double>(values[j]);
   }
   if (bad) atomicOr(error_flags, kNegativeValue);
-  double sum = Reduce(reduce_storage).Sum(partial);
-  if (threadIdx.x == 0) total = sum;
+  double total = Reduce(reduce_storage).Sum(partial);
+  if (threadIdx.x == 0) scale = total > 0 ? target_sum / total : 0.0;
   __syncthreads();
-  double scale = total > 0 ? target_sum / total : 0.0;
+  return scale;
+}
+
+template <typename T>
+__global__ void NormalizeKernel(Rows rows, double target_sum, bool log1p, float *const *out,
+                                int *error_flags) {
+  int r = blockIdx.x;
+  RowSpan row = RowOf(rows, r);
+  const T *values = static_cast<const T *>(rows.values[r]);
+  double scale = BlockRowScale(values, row.length, target_sum, error_flags);
   for (int64_t j = threadIdx.x; j < row.length; j += blockDim.x) {
     double scaled = static_cast<double>(values[j]) * scale;
     out[r][j] = static_cast<float>(log1p ? ::log1p(scaled) : scaled);
@@ -103,24 +109,12 @@ template <typename T, DenseType kType, bool kNormalize>
 __global__ void DensifyKernel(Rows rows, int64_t n_features, const int32_t *gene_table,
                               int64_t table_size, int64_t out_length, NormalizeOptions normalize,
                               void *const *out, int *error_flags) {
-  using Reduce = cub::BlockReduce<double, kBlock>;
-  __shared__ typename Reduce::TempStorage reduce_storage;
-  __shared__ double scale;
   int r = blockIdx.x;
   RowSpan row = RowOf(rows, r);
   const T *values = static_cast<const T *>(rows.values[r]);
   const int32_t *indices = rows.indices[r];
-  if constexpr (kNormalize) {
-    double partial = 0;
-    bool negative = false;
-    for (int64_t j = threadIdx.x; j < row.length; j += blockDim.x) {
-      negative |= IsNegativeOrNaN(values[j]);
-      partial += static_cast<double>(values[j]);
-    }
-    if (negative) atomicOr(error_flags, kNegativeValue);
-    double total = Reduce(reduce_storage).Sum(partial);
-    if (threadIdx.x == 0) scale = total > 0 ? normalize.target_sum / total : 0.0;
-  }
+  double scale = 0;
+  if constexpr (kNormalize) scale = BlockRowScale(values, row.length, normalize.target_sum, error_flags);
   using Slot = std::conditional_t<kType == DenseType::kFloat32, float, uint16_t>;
   Slot *dense = static_cast<Slot *>(out[r]);
   for (int64_t k = threadIdx.x; k < out_length; k += blockDim.x) dense[k] = Slot(0);
