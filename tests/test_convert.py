@@ -404,6 +404,14 @@ def test_csc_and_missing_layer(tmp_path):
         convert([tmp_path / "csc.h5ad"], tmp_path / "out.zarr", layer="raw", **QUIET)
 
 
+def test_inputs_without_rows(inputs, tmp_path):
+    make_adata(300, 50)[:0].copy().write_h5ad(tmp_path / "empty.h5ad")
+    with pytest.raises(ConvertError, match="no rows"):
+        convert([tmp_path / "empty.h5ad"], tmp_path / "out.zarr", **QUIET)
+    out = convert([tmp_path / "empty.h5ad", inputs["a"]], tmp_path / "out.zarr", **QUIET)
+    assert_rows_from_inputs(read_collection(out), [str(tmp_path / "empty.h5ad"), inputs["a"]])
+
+
 def test_corrupt_indices_are_reported(inputs, tmp_path):
     bad = tmp_path / "bad.h5ad"
     bad.write_bytes(Path(inputs["a"]).read_bytes())

@@ -92,6 +92,8 @@ def convert(inputs, output, *, var_join: str = "inner", genes=None, obs_columns=
         if Path(path).resolve() == output.resolve():
             raise ConvertError(f"{path}: an input is the output itself")
     with InputSet(input_paths, layer) as inset:
+        if inset.n_obs == 0:
+            raise ConvertError(f"the inputs hold no rows: {[g.label for g in inset.groups]}")
         tmp_root.mkdir(parents=True)
         (tmp_root / "owner.pid").write_text(str(os.getpid()))
         try:
