@@ -82,19 +82,23 @@ def test_unshuffled_raw_counts_in_store_order(store, oracle):
 
 @pytest.mark.parametrize("transform", [None, "log1p"])
 @pytest.mark.parametrize("with_genes", [False, True])
-def test_csr_output(store, oracle, transform, with_genes):
+def test_csr_output_over_an_epoch(store, oracle, transform, with_genes):
     genes = gene_names(oracle, step=3) if with_genes else None
     columns = [oracle.var_names.get_loc(g) for g in genes] if genes else list(range(oracle.n_vars))
     ref = (oracle.X.toarray() if transform is None else scanpy_log1p(oracle.X))[:, columns]
     with loader(store, genes=genes, transform=transform, output="csr") as data:
-        raw = [next(iter(data)) for _ in range(3)]
-    for batch in raw:
+        batches = list(data)
+        assert len(batches) == len(data)
+    rows = []
+    for batch in batches:
         X = batch["X"]
-        assert X.layout == torch.sparse_csr and X.shape == (BATCH, len(columns))
-        rows = batch["row_index"].numpy()
-        np.testing.assert_allclose(X.to_dense().numpy(), ref[rows], rtol=1e-6, atol=0)
-        stored_nnz = np.count_nonzero(ref[rows], axis=1)
+        assert X.layout == torch.sparse_csr and X.shape == (len(batch["row_index"]), len(columns))
+        batch_rows = batch["row_index"].numpy()
+        np.testing.assert_allclose(X.to_dense().numpy(), ref[batch_rows], rtol=1e-6, atol=0)
+        stored_nnz = np.count_nonzero(ref[batch_rows], axis=1)
         np.testing.assert_array_equal(np.diff(X.crow_indices().numpy()), stored_nnz)
+        rows += batch_rows.tolist()
+    assert sorted(rows) == list(range(N_CELLS))  # the last batch's padding row cut off
 
 
 def test_padded_output_is_the_stored_rows(store, oracle):

@@ -5,6 +5,6 @@ sharding and exact mid-epoch resume (see ``loader.py``).
 This package is named ``torch`` inside ``biodali``; its modules import the real torch with
 absolute imports (``import torch``), which is what Python 3 does by default."""
 from .loader import ExpressionLoader, cuda_usable
-from .transforms import Log1pScale, RankTokens, padded_to_csr
+from .transforms import Log1pScale, RankTokens
 
-__all__ = ["ExpressionLoader", "Log1pScale", "RankTokens", "cuda_usable", "padded_to_csr"]
+__all__ = ["ExpressionLoader", "Log1pScale", "RankTokens", "cuda_usable"]

@@ -245,11 +245,15 @@ class ExpressionLoader:
     def _open(self, checkpoint) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+        from .iterator import RaggedIterator
+
         _register_uint16()
         pipe, names = self._define_pipeline(checkpoint)
         self._pipe = pipe
-        self._iterator = DALIGenericIterator(pipe, names, reader_name=_READER,
-                                             last_batch_policy=LastBatchPolicy.PARTIAL)
+        ragged = tf.ragged_keys(self._plan)
+        kwargs = dict(reader_name=_READER, last_batch_policy=LastBatchPolicy.PARTIAL)
+        self._iterator = (RaggedIterator(pipe, names, ragged, **kwargs) if ragged
+                          else DALIGenericIterator(pipe, names, **kwargs))
         meta = pipe.reader_meta(_READER)
         self._num_rows = int(meta["epoch_size"])
         if self._num_rows < self.world_size:

@@ -133,8 +133,9 @@ def _scaling(spec: Log1pScale, plan: Plan, path, array: str):
 # --- the DALI graph ----------------------------------------------------------------------------
 
 def graph_outputs(plan: Plan, values, indices, on_gpu: bool) -> dict:
-    """DataNodes named by batch key (uniform per batch, as DALIGenericIterator needs). Ragged
-    rows come as padded "values"/"indices" plus "lengths"."""
+    """DataNodes named by batch key. For output="csr", "values"/"indices" are ragged rows (see
+    ragged_keys); every other output is uniform per batch, as DALIGenericIterator needs, and
+    output="padded" pads the rows in DALI and adds their "lengths"."""
     from nvidia.dali import fn
 
     E = fn.biodali.expression
@@ -150,10 +151,10 @@ def graph_outputs(plan: Plan, values, indices, on_gpu: bool) -> dict:
                                         max_length=t.max_length, pad_id=t.pad_id,
                                         token_offset=t.token_offset)
         return {"tokens": tokens, "lengths": lengths}
-    dense_args = dict(n_features=plan.n_features, dtype=plan.dtype)
-    if plan.genes is not None:
-        dense_args["genes"] = plan.genes
     if plan.output == "dense":
+        dense_args = dict(n_features=plan.n_features, dtype=plan.dtype)
+        if plan.genes is not None:
+            dense_args["genes"] = plan.genes
         if t is None:
             return {"X": E.densify(gpu(values), gpu(indices), **dense_args)}
         x = E.normalize_densify(gpu(values), gpu(indices), target_sum=plan.target_sum, log1p=True,
@@ -168,18 +169,27 @@ def graph_outputs(plan: Plan, values, indices, on_gpu: bool) -> dict:
     v = gpu(values)
     if t == "log1p":
         v = E.normalize(v, target_sum=plan.target_sum, log1p=True)
-    i = indices
-    if plan.genes is not None:
-        v, i = E.select_genes(v, i, genes=plan.genes)
-    return padded_rows(v, gpu(i), on_gpu)
+    return sparse_rows(plan, v, indices, on_gpu)
 
 
-def padded_rows(values, indices, on_gpu: bool) -> dict:
-    """Ragged rows -> rows padded with 0 to the longest row of the batch, plus their lengths."""
+def ragged_keys(plan: Plan) -> tuple[str, ...]:
+    """Batch keys whose rows differ in length (RaggedIterator hands them over flat)."""
+    return ("values", "indices") if plan.output == "csr" and not isinstance(plan.transform, RankTokens) \
+        else ()
+
+
+def sparse_rows(plan: Plan, values, indices, on_gpu: bool) -> dict:
+    """(values, indices) rows -> the selected genes, then laid out for output "csr" or "padded"."""
     from nvidia.dali import fn, types
 
+    if plan.genes is not None:  # select_genes keeps its indices input on the CPU
+        values, indices = fn.biodali.expression.select_genes(values, indices, genes=plan.genes)
+    if on_gpu:
+        indices = indices.gpu()
+    if plan.output == "csr":
+        return {"values": values, "indices": indices}
     return {"values": fn.pad(values, fill_value=0), "indices": fn.pad(indices, fill_value=0),
-            "lengths": values.shape(dtype=types.INT32, device="gpu" if on_gpu else "cpu")}
+            "lengths": values.shape(dtype=types.INT32, device="gpu" if on_gpu else "cpu")[0]}
 
 
 def _callable_outputs(plan: Plan, result, on_gpu: bool) -> dict:
@@ -191,19 +201,17 @@ def _callable_outputs(plan: Plan, result, on_gpu: bool) -> dict:
     if isinstance(result, DataNode):
         return {"X": result}
     if isinstance(result, dict):
-        clash = [k for k in result if k in ("row_index",)]
-        if clash or not all(isinstance(v, DataNode) for v in result.values()):
+        if "row_index" in result or not all(isinstance(v, DataNode) for v in result.values()):
             raise TypeError("a transform's dict maps batch keys (not 'row_index') to DataNodes")
         return dict(result)
     if isinstance(result, (tuple, list)) and len(result) == 2 and all(isinstance(r, DataNode) for r in result):
         values, indices = result
+        if plan.output != "dense":
+            return sparse_rows(plan, values, indices, on_gpu)
+        args = dict(n_features=plan.n_features, dtype=plan.dtype)
         if plan.genes is not None:
-            values, indices = fn.biodali.expression.select_genes(values, indices, genes=plan.genes)
-        if plan.output == "dense":
-            return {"X": fn.biodali.expression.densify(values, indices, n_features=plan.n_columns
-                                                       if plan.genes is not None else plan.n_features,
-                                                       dtype=plan.dtype)}
-        return padded_rows(values, indices, on_gpu)
+            args["genes"] = plan.genes
+        return {"X": fn.biodali.expression.densify(values, indices, **args)}
     raise TypeError("a transform callable must return a DataNode, a (values, indices) pair of "
                     f"DataNodes or a dict of DataNodes; got {type(result).__name__}")
 
@@ -211,33 +219,28 @@ def _callable_outputs(plan: Plan, result, on_gpu: bool) -> dict:
 # --- after DALIGenericIterator -----------------------------------------------------------------
 
 def finish_batch(plan: Plan, batch: dict) -> dict:
-    """Torch-side touches: 1-element trailing dims dropped, bfloat16 bit patterns viewed as
-    bfloat16, padded rows compacted into a sparse CSR tensor for output="csr"."""
-    for key in ("lengths",):
-        if key in batch and batch[key].dim() == 2:
-            batch[key] = batch[key].reshape(-1)
+    """Torch-side touches: bfloat16 bit patterns viewed as bfloat16, and for output="csr" the
+    flat rows (values, offsets) + (indices, offsets) made into one torch.sparse_csr_tensor."""
     x = batch.get("X")
     if x is not None and x.dtype == torch.uint16 and plan.dtype == "bfloat16":
         batch["X"] = x.view(torch.bfloat16)
-    if plan.output == "csr" and "values" in batch and "X" not in batch:
-        batch["X"] = padded_to_csr(batch.pop("values"), batch.pop("indices"), batch.pop("lengths"),
-                                   plan.n_columns)
+    if plan.output == "csr" and isinstance(batch.get("values"), tuple):
+        (values, offsets), (indices, _) = batch.pop("values"), batch.pop("indices")
+        batch["X"] = csr_tensor(values, indices, offsets, plan.n_columns)
     return batch
 
 
-def padded_to_csr(values: torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor,
-                  n_columns: int) -> torch.Tensor:
-    """Rows padded to a common width + their lengths -> torch.sparse_csr_tensor [B, n_columns]
-    (int32 index arrays while they fit)."""
-    rows, width = values.shape
-    index_dtype = torch.int32 if rows * max(width, 1) < 2 ** 31 else torch.int64
-    lengths = lengths.to(index_dtype)
-    crow = torch.zeros(rows + 1, dtype=index_dtype, device=values.device)
-    torch.cumsum(lengths, 0, out=crow[1:])
-    keep = torch.arange(width, device=values.device, dtype=index_dtype) < lengths[:, None]
+def csr_tensor(values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
+               n_columns: int) -> torch.Tensor:
+    """Flat CSR rows -> torch.sparse_csr_tensor [len(offsets) - 1, n_columns], sharing `values`
+    and `indices` (int32 column ids: the offsets become int32 too, torch wants one index type)."""
+    if indices.dtype == torch.int32 and len(values) < 2 ** 31:
+        offsets = offsets.to(torch.int32)
+    else:
+        indices, offsets = indices.to(torch.int64), offsets.to(torch.int64)
     with warnings.catch_warnings():  # torch notes once that sparse CSR is "beta"
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         # The reader's rows are the stored CSR rows (select_genes keeps them canonical):
         # checking the invariants again would cost a pass over the batch.
-        return torch.sparse_csr_tensor(crow, indices[keep].to(index_dtype), values[keep],
-                                       size=(rows, n_columns), check_invariants=False)
+        return torch.sparse_csr_tensor(offsets, indices, values, size=(len(offsets) - 1, n_columns),
+                                       check_invariants=False)
