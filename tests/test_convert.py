@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import zarr
 
 from biodali import cli, convert as convert_mod, synth
-from biodali._collection_writer import DatasetWriter, _ShardWriter
+from biodali._collection_writer import DatasetWriter, _ShardWriter, parse_nbytes, x_chunking
 from biodali._convert_buckets import BucketFiles
 from biodali.convert import ConvertError, convert
 from reader_utils import make_adata, rows_of, run_reader, write_zarr
@@ -235,6 +235,20 @@ def test_append_adds_datasets_without_rewriting(inputs, tmp_path):
     assert "depth" in result.obs  # new column, missing in the old dataset
 
 
+def test_append_refuses_a_gene_list(inputs, tmp_path):
+    out = convert([inputs["a"]], tmp_path / "out.zarr", **QUIET)
+    with pytest.raises(ConvertError, match="--genes does not apply when appending"):
+        convert([inputs["b"]], out, append=True, genes=["g1"], **QUIET)
+
+
+def test_chunk_and_shard_sizes_follow_annbatch():
+    # formats.md: 181,000 rows and 536,625,756 non-zeros -> inner chunks of 189,746 elements,
+    # shards of 134,150,422 (float32 values, int32 indptr and in-memory indices, 1 GiB shards).
+    assert x_chunking(181_000, 536_625_756, 64, 1 << 30, 4, 4) == (189_746, 134_150_422)
+    assert parse_nbytes("1GB") == parse_nbytes("1GiB") == 1 << 30  # annbatch: binary units
+    assert parse_nbytes("1.5mb") == 3 << 19 and parse_nbytes(1000) == 1000
+
+
 def test_existing_output_needs_append(inputs, tmp_path):
     out = convert([inputs["a"]], tmp_path / "out.zarr", **QUIET)
     before = _tree_digest(out)
@@ -246,7 +260,7 @@ def test_existing_output_needs_append(inputs, tmp_path):
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from biodali import convert
-    from biodali._collection_writer import DatasetWriter, _ShardWriter
+    from biodali._collection_writer import DatasetWriter, _ShardWriter, parse_nbytes, x_chunking
     original = DatasetWriter.append_rows
     def append_then_die(self, *args):
         original(self, *args)

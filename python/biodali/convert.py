@@ -119,6 +119,9 @@ def _convert(inset, output, existing, tmp_root, var_join, genes, obs_columns, ch
              shard_nbytes, codec, shuffle, seed, max_nbytes, dataset_nbytes, progress) -> None:
     groups = inset.groups
     if existing is not None:  # append: the collection's genes, dtypes and obs columns
+        if genes is not None:
+            raise ConvertError(f"--genes does not apply when appending: {output} keeps its "
+                               "genes (inputs' other genes are dropped, missing ones are zeros)")
         first = existing[_dataset_names(existing)[0]]
         out_var = _existing_var(first)
         value_dtype = np.dtype(first["X/data"].dtype)

@@ -434,10 +434,9 @@ def _index_dtype(max_value: int, n_genes: int) -> np.dtype:
 
 def _min_uint(n: int) -> np.dtype:
     """anndata's write_csr_csc_indices_with_min_possible_dtype rule for the minor axis size n."""
-    for t in (np.uint8, np.uint16, np.uint32):
-        if n <= np.iinfo(t).max:
-            return np.dtype(t)
-    return np.dtype(np.uint64)
+    from ._collection_writer import min_uint_dtype
+
+    return min_uint_dtype(n)
 
 
 def make_expression(n_cells: int, n_genes: int = DEFAULT_N_GENES, seed: int = 0):
@@ -509,19 +508,13 @@ def _piece_elems(arr) -> int:
 
 def _annbatch_x_kwargs(spill: _Spill, chunk_rows: int, indptr_dtype) -> dict:
     """annbatch 0.3.1 write_sharded: inner chunk = chunk_rows x mean row length, shard ~1 GiB of
-    the in-memory CSR (float32 data + int32 indices + indptr per row), a multiple of the chunk."""
-    from zarr.codecs import BloscCodec
+    the in-memory CSR (float32 data + scipy's indices + indptr per row), a multiple of the chunk
+    (the rule biodali convert writes with too)."""
+    from ._collection_writer import inner_compressors, x_chunking
 
-    n, nnz = spill.n_rows, spill.nnz
-    avg = nnz / n
-    chunk = max(1, int(chunk_rows * avg))
-    chunk = min(chunk, nnz) if nnz else chunk
-    bytes_per_row = (nnz * 8 + (n + 1) * np.dtype(indptr_dtype).itemsize) / n
-    shard = max(1, int(max(1, int(ANNBATCH_SHARD_NBYTES / bytes_per_row)) * avg))
-    shard = min(shard, nnz) if nnz else shard
-    shard = max(chunk, shard - shard % chunk)
-    return {"chunks": (chunk,), "shards": (shard,),
-            "compressors": (BloscCodec(cname="lz4", clevel=3, shuffle="shuffle"),)}
+    chunk, shard = x_chunking(spill.n_rows, spill.nnz, chunk_rows, ANNBATCH_SHARD_NBYTES, 4,
+                              np.dtype(indptr_dtype).itemsize)
+    return {"chunks": (chunk,), "shards": (shard,), "compressors": inner_compressors("blosc-lz4")}
 
 
 def _write_x_zarr(group, spill: _Spill, n_genes: int, kwargs: dict, indptr_dtype) -> None:
