@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -142,6 +143,9 @@ def test_h5ad_zarr_and_collection_inputs_with_annbatch_layout(synth_inputs, tmp_
     root = zarr.open_group(str(out), mode="r")
     names = sorted(root.group_keys())
     assert len(names) > 1 and all(n.startswith("dataset_") for n in names)
+    for name in names:  # one permutation of all rows: every dataset mixes every input
+        codes = root[f"{name}/obs/src_path/codes"][:]
+        assert set(codes.tolist()) == set(range(len(labels)))
     ds = root["dataset_0"]
     data, indices, indptr = ds["X/data"], ds["X/indices"], ds["X/indptr"]
     assert ds.attrs["encoding-type"] == "anndata" and ds["X"].attrs["encoding-type"] == "csr_matrix"
@@ -233,6 +237,20 @@ def test_append_adds_datasets_without_rewriting(inputs, tmp_path):
     assert list(result.var_names) == [f"g{i}" for i in range(50)]  # c's x0..x4 dropped
     assert_rows_from_inputs(result, list(inputs.values()))
     assert "depth" in result.obs  # new column, missing in the old dataset
+
+
+def test_append_to_a_collection_annbatch_laid_out(synth_inputs, tmp_path):
+    out = tmp_path / "coll.zarr"
+    shutil.copytree(synth_inputs[2], out)
+    before = {n: _tree_digest(out / n) for n in ("dataset_0", "dataset_1")}
+    convert([synth_inputs[0]], out, append=True, **QUIET)
+    assert {n: _tree_digest(out / n) for n in before} == before
+    new = ad.read_zarr(out / "dataset_2")
+    assert list(new.obs.columns) == ["cell_type", "batch", "n_counts", "src_path", "src_row"]
+    assert new.X.indices.dtype == np.uint16
+    assert_rows_from_inputs(new, [synth_inputs[0]])
+    batches = run_reader(path=str(out), batch_size=512, random_shuffle=False)
+    assert len(rows_of(batches, 0)) >= 2500 + 700
 
 
 def test_append_refuses_a_gene_list(inputs, tmp_path):
