@@ -138,8 +138,6 @@ def _convert(inset, output, existing, tmp_root, var_join, genes, obs_columns, ch
     var_maps = [VarMap(g.var_names, out_var) for g in groups]
     obs = combined_obs(groups, obs_columns, also_columns)
     row_nnz = np.concatenate([g.row_nnz_upper_bound() for g in groups]).astype(np.int64)
-    for g in groups:  # per-input offsets are not needed any more after this
-        g._indptr = None if g.is_dense else g._indptr
     plan = _plan(row_nnz, value_dtype, index_dtype, shuffle, seed, max_nbytes, dataset_nbytes,
                  chunk_rows)
 
@@ -173,8 +171,9 @@ def _plan(row_nnz, value_dtype, index_dtype, shuffle, seed, max_nbytes, dataset_
     n_datasets = -(-n_rows // rows_per_dataset)
     dataset_bounds = np.linspace(0, n_rows, n_datasets + 1).round().astype(np.int64)
 
-    # Memory: what is held now (obs, inputs' offsets, Python), the plan's per-row arrays, one
-    # shard of each X array being written, and one bucket in memory.
+    # Memory: what is held now (obs, inputs' offsets, Python), the plan's per-row arrays, the
+    # inner chunks being encoded, and one bucket (phase 2) or one read block (phase 1, ~half a
+    # bucket's bytes: block_elems below).
     per_row_nbytes = 8 + 8 + 4 + 8 + 8  # order, row_nnz, bucket_of_row, + transient permutation
     held = _rss_nbytes() + n_rows * per_row_nbytes
     chunk_elems = max(1, int(chunk_rows * row_nnz.mean()))
