@@ -1,7 +1,8 @@
 """``biodali convert``: h5ad files, AnnData zarr stores and annbatch collections, in any mix, to
 one annbatch 0.3.1 preshuffled collection, out of core.
 
-How (memory bounded by ``max_memory`` whatever the inputs' size):
+How (memory bounded by ``max_memory``; only the obs table and ~36 bytes per row stay in memory
+for the whole run, X never does):
 1. Plan: every input row gets an output position (a random permutation of all rows, or the
    identity with ``shuffle=False``). Positions are cut into datasets (``dataset_size`` of
    uncompressed CSR each, as annbatch's ``dataset_size``), datasets into buckets: runs of
