@@ -28,8 +28,9 @@ venv: deps .venv/.installed
 build: venv
 	$(PY) setup.py -q build_plugin -j $(JOBS)
 
+# Trains a cell-type classifier fed by biodali (the first run also writes the synthetic data).
 demo: build
-	$(PY) -m biodali.cli demo
+	$(PY) examples/train_cell_type.py
 
 test: build
 	$(PY) -m pytest tests -q -ra
