@@ -201,3 +201,15 @@ def test_lightning_datamodule_smoke(store, tmp_path):
     rows = model.val_rows
     assert rows[:2 * BATCH] == list(range(2 * BATCH))
     assert rows[2 * BATCH:] == list(range(N_CELLS)) * 2
+
+
+@pytest.mark.parametrize("output", ["dense", "csr", "padded"])
+def test_batches_kept_by_the_caller_stay_intact(store, output):
+    """Batches share DALI's output buffers (no copy): later batches must not overwrite them."""
+    with make(store, output=output, prefetch=2) as loader:
+        kept, copies = [], []
+        for _ in range(2):
+            for batch in loader:
+                kept.append(batch)
+                copies.append(to_host(batch))
+    assert_same_stream([to_host(b) for b in kept], copies)
