@@ -1,6 +1,7 @@
 """biodali.torch.ExpressionLoader over time: resuming from state_dict() equals the uninterrupted
 stream (mid-epoch and across epoch boundaries), set_epoch, iteration left early, and lifetime:
 close(), no thread left behind, a clear error in a forked DataLoader worker, Lightning."""
+import gc
 import io
 import os
 
@@ -133,18 +134,19 @@ def thread_count() -> int:
 def test_close_stops_every_thread(store):
     with make(store) as warmup:  # DALI's process-wide pools start with the first pipeline
         next(iter(warmup))
+    gc.collect()  # pipelines of earlier tests' loaders, if any are still waiting for collection
     baseline = thread_count()
     loader = make(store, num_threads=2)
     next(iter(loader))
     assert thread_count() > baseline
     loader.close()
     loader.close()  # idempotent
-    assert thread_count() == baseline
+    assert thread_count() <= baseline
     with pytest.raises(RuntimeError, match="closed"):
         iter(loader)
     with make(store) as in_context:
         next(iter(in_context))
-    assert thread_count() == baseline
+    assert thread_count() <= baseline
 
 
 class _LoaderAsDataset(torch.utils.data.IterableDataset):
