@@ -112,7 +112,7 @@ def _run_convert(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    demo = sub.add_parser("demo", help="train a small cell-type classifier fed by the reader")
+    demo = sub.add_parser("demo", help="stream a synthetic collection through the reader, print cells/s and check coverage (the training demo is examples/train_cell_type.py, `make demo`)")
     demo.add_argument("--n-cells", type=_positive_int, default=200_000)
     demo.add_argument("--batch-size", type=_positive_int, default=4096)
     demo.add_argument("--data-dir", type=Path, default=Path("~/.cache/biodali/demo").expanduser())
