@@ -68,7 +68,9 @@ class BuildPlugin(Command):
         common = (
             # -ffp-contract=off: no fused multiply-add, so CPU twins and CUDA kernels (-fmad=false)
             # round identically.
-            ["-std=c++20", "-fPIC", "-Wall", "-Wextra", "-fvisibility=hidden", "-ffp-contract=off"]
+            ["-std=c++20", "-fPIC", "-Wall", "-Wextra", "-fvisibility=hidden", "-ffp-contract=off",
+             # omp simd loops call glibc's vector math (libmvec)
+             "-fopenmp-simd"]
             + flavor_flags
             # DALI's headers are not -Wextra clean: include them as system headers.
             + [("-isystem" + f[2:]) if f.startswith("-I") else f for f in dali_flags]
@@ -121,7 +123,7 @@ class BuildPlugin(Command):
         out = PACKAGE_DIR / LIB_NAME
         link = ([os.environ.get("CXX", "g++"), "-shared", "-o", str(out)] + objs + flavor_flags
                 + [f"-L{dali_lib}", "-ldali", "-ldali_operators", f"-Wl,-rpath,{dali_lib}",
-                   "-lblosc", "-lzstd", "-lz", "-lpthread"])
+                   "-lblosc", "-lzstd", "-lz", "-lmvec", "-lm", "-lpthread"])
         if nvcc and cuda_srcs:
             cuda_home = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
             cuda_lib = next((d for d in (cuda_home / "lib64", cuda_home / "lib",
