@@ -109,6 +109,31 @@ inline int NumBinsFrom(const dali::OpSpec &spec) {
   return n_bins;
 }
 
+// A float argument per sample: the tensor argument input (one number per sample) when given,
+// else the scalar replicated. (DALI's own GetPerSampleArgument indexes an empty shape list for
+// scalar samples, which UBSan reports.)
+inline void ReadPerSampleFloat(const dali::OpSpec &spec, const dali::Workspace &ws, const char *name,
+                               int num_samples, std::vector<float> *out) {
+  out->assign(num_samples, 0.f);
+  if (!spec.HasTensorArgument(name)) {
+    out->assign(num_samples, spec.GetArgument<float>(name));
+    return;
+  }
+  const auto &input = ws.ArgumentInput(name);
+  if (input.num_samples() != num_samples)
+    throw Error(StrCat("`", name, "` has ", input.num_samples(), " samples, the batch ", num_samples));
+  for (int s = 0; s < num_samples; ++s) {
+    if (input[s].shape().num_elements() != 1)
+      throw Error(StrCat("sample ", s, ": `", name, "` must hold one number, got shape ", input[s].shape()));
+    switch (input.type()) {
+      case ::DALI_FLOAT: (*out)[s] = *input[s].data<float>(); break;
+      case ::DALI_FLOAT64: (*out)[s] = static_cast<float>(*input[s].data<double>()); break;
+      default:
+        throw Error(StrCat("`", name, "` must be float32 or float64, got ", dali::to_string(input.type())));
+    }
+  }
+}
+
 // Seed + batch counter of a random operator. Draws are keyed by (seed, batch counter, sample,
 // element), so the CPU and GPU variants draw the same numbers and every batch draws anew; the
 // counter is the whole state a checkpoint needs.
@@ -154,8 +179,8 @@ class DownsampleBase : public RandomExpressionOp<Backend> {
   bool SetupImpl(std::vector<dali::OutputDesc> &out, const dali::Workspace &ws) override {
     CheckSparseInputs(ws, 0);
     int n = ws.GetInputShape(0).num_samples();
-    this->GetPerSampleArgument(fraction_, "fraction", ws, n);
-    this->GetPerSampleArgument(target_total_, "target_total", ws, n);
+    ReadPerSampleFloat(this->spec_, ws, "fraction", n, &fraction_);
+    ReadPerSampleFloat(this->spec_, ws, "target_total", n, &target_total_);
     for (int s = 0; s < n; ++s) {
       bool has_fraction = fraction_[s] >= 0, has_target = target_total_[s] >= 0;
       if (has_fraction == has_target)
@@ -178,7 +203,7 @@ class MaskBase : public RandomExpressionOp<Backend> {
 
   bool SetupImpl(std::vector<dali::OutputDesc> &out, const dali::Workspace &ws) override {
     CheckSparseInputs(ws, ws.NumInput() - 1);
-    this->GetPerSampleArgument(probability_, "probability", ws, ws.GetInputShape(0).num_samples());
+    ReadPerSampleFloat(this->spec_, ws, "probability", ws.GetInputShape(0).num_samples(), &probability_);
     for (size_t s = 0; s < probability_.size(); ++s)
       if (!(probability_[s] >= 0 && probability_[s] <= 1))
         throw Error(StrCat("sample ", s, ": probability must be in [0, 1], got ", probability_[s]));

@@ -157,3 +157,14 @@ def test_downsample_refuses_counts_above_2_to_24():
     values = [np.array([3, 2 ** 24 + 1], np.int64)]
     with pytest.raises(RuntimeError, match=r"counts up to 2\^24 \(value 16777217 at element 1\)"):
         run_on(lambda v: E.downsample(v, fraction=0.5), values)
+
+
+def test_per_sample_argument_must_be_one_number_per_sample():
+    values = [np.array([3, 9], np.int32)]
+
+    def op(v):
+        fraction = fn.external_source(source=lambda: [np.array([0.5, 0.5], np.float32)], batch=True)
+        return E.downsample(v, fraction=fraction)
+
+    with pytest.raises(RuntimeError, match=r"sample 0: `fraction` must hold one number"):
+        run_on(op, values)
