@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <math.h>
 
 #if defined(__CUDACC__)
@@ -88,6 +89,26 @@ struct RowRandom {
 // Largest count downsample thins: it draws once per count, so the bound caps the time a row takes.
 constexpr uint64_t kMaxCount = uint64_t{1} << 24;
 
+template <typename T>
+BIODALI_HD bool IsNegativeOrNaN(T v) {
+  if constexpr (std::is_floating_point_v<T>) return !(v >= 0);
+  else if constexpr (std::is_signed_v<T>) return v < 0;
+  else return false;
+}
+
+// The count a value holds; false for what downsample cannot thin (negative, NaN, fractional,
+// above kMaxCount).
+template <typename T>
+BIODALI_HD bool ToCount(T v, uint64_t *count) {
+  if constexpr (std::is_floating_point_v<T>) {
+    if (!(v >= 0) || v != floor(v) || v > kMaxCount) return false;
+  } else {
+    if (IsNegativeOrNaN(v) || static_cast<uint64_t>(v) > kMaxCount) return false;
+  }
+  *count = static_cast<uint64_t>(v);
+  return true;
+}
+
 // A uint32 draw u succeeds with probability p when u < threshold (p = 1 -> always).
 BIODALI_HD uint64_t ProbabilityThreshold(double p) {
   if (!(p > 0.0)) return 0;
@@ -102,10 +123,6 @@ BIODALI_HD double ThinningProbability(uint64_t row_total, double fraction, doubl
   if (row_total == 0 || static_cast<double>(row_total) <= target_total) return 1.0;
   return target_total / static_cast<double>(row_total);
 }
-
-// log1p for a float32 result: glibc's log(1 + x) is three times faster than its log1p, and
-// for x >= 1e-4 the rounding of 1 + x (2^-53 relative) stays far below float32 resolution.
-BIODALI_HD double Log1pForFloat(double x) { return x < 1e-4 ? log1p(x) : log(1.0 + x); }
 
 // numpy.quantile(sorted[0:n], q, method="linear") with numpy's own arithmetic (numpy 2.x:
 // virtual index (n-1)*q, then _lerp, which interpolates from the nearer end).

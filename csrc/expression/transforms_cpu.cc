@@ -17,13 +17,6 @@ namespace biodali::expression {
 namespace {
 
 template <typename T>
-bool IsNegativeOrNaN(T v) {
-  if constexpr (std::is_floating_point_v<T>) return !(v >= 0);
-  else if constexpr (std::is_signed_v<T>) return v < 0;
-  else return false;
-}
-
-template <typename T>
 [[noreturn]] void FailValue(const char *what, T v, int64_t element) {
   if constexpr (std::is_floating_point_v<T>)
     throw Error(StrCat(what, " (value ", static_cast<double>(v), " at element ", element, ")"));
@@ -32,7 +25,8 @@ template <typename T>
 }
 
 // log1p of n scaled values into float32, four at a time with glibc's vector log (libmvec) on
-// AVX2 machines: log(1 + x) as Log1pForFloat, x < 1e-4 redone with log1p.
+// AVX2 machines. log(1 + x) is exact enough for a float32 result when x >= 1e-4 (the rounding
+// of 1 + x is 2^-53 relative); smaller x are redone with log1p.
 __attribute__((target_clones("avx2", "default")))
 void Log1pToFloat(const double *x, float *out, int n) {
 #pragma omp simd
@@ -55,14 +49,9 @@ void NormalizedValues(const T *values, const int32_t *elements, int n, double sc
 // An integer count, or a throw: downsample works on counts only.
 template <typename T>
 uint64_t CountOf(T v, int64_t element) {
-  if constexpr (std::is_floating_point_v<T>) {
-    if (!(v >= 0) || v != std::floor(v) || v > kMaxCount)
-      FailValue("downsample needs non-negative integer counts up to 2^24", v, element);
-  } else {
-    if (IsNegativeOrNaN(v) || static_cast<uint64_t>(v) > kMaxCount)
-      FailValue("downsample needs non-negative integer counts up to 2^24", v, element);
-  }
-  return static_cast<uint64_t>(v);
+  uint64_t count;
+  if (!ToCount(v, &count)) FailValue("downsample needs non-negative integer counts up to 2^24", v, element);
+  return count;
 }
 
 }  // namespace

@@ -13,28 +13,12 @@ namespace {
 
 constexpr int kBlock = 256;
 
-template <typename T>
-__device__ bool IsNegativeOrNaN(T v) {
-  if constexpr (std::is_floating_point_v<T>) return !(v >= 0);
-  else if constexpr (std::is_signed_v<T>) return v < 0;
-  else return false;
-}
-
-// The integer count a value holds; flags negative or fractional values (and returns 0).
+// The integer count a value holds; flags what downsample cannot thin (and returns 0).
 template <typename T>
 __device__ uint64_t CountOf(T v, bool *bad) {
-  if constexpr (std::is_floating_point_v<T>) {
-    if (!(v >= 0) || v != floor(v) || v > kMaxCount) {
-      *bad = true;
-      return 0;
-    }
-  } else {
-    if (IsNegativeOrNaN(v) || static_cast<uint64_t>(v) > kMaxCount) {
-      *bad = true;
-      return 0;
-    }
-  }
-  return static_cast<uint64_t>(v);
+  uint64_t count = 0;
+  if (!ToCount(v, &count)) *bad = true;
+  return count;
 }
 
 struct RowSpan {
