@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (main job) and `make test`. Both set up a fresh
 # machine: Debian -dev packages, .venv with pinned packages, the plugin build.
 PY := .venv/bin/python
-APT_PACKAGES := libblosc-dev libzstd-dev zlib1g-dev nlohmann-json3-dev
+APT_PACKAGES := libblosc-dev liblz4-dev libzstd-dev zlib1g-dev nlohmann-json3-dev
 JOBS ?= $(shell nproc)
 
 .PHONY: all deps venv build demo test sanitize clean

@@ -123,7 +123,7 @@ class BuildPlugin(Command):
         out = PACKAGE_DIR / LIB_NAME
         link = ([os.environ.get("CXX", "g++"), "-shared", "-o", str(out)] + objs + flavor_flags
                 + [f"-L{dali_lib}", "-ldali", "-ldali_operators", f"-Wl,-rpath,{dali_lib}",
-                   "-lblosc", "-lzstd", "-lz", "-lmvec", "-lm", "-lpthread"])
+                   "-lblosc", "-llz4", "-lzstd", "-lz", "-lmvec", "-lm", "-lpthread"])
         if nvcc and cuda_srcs:
             cuda_home = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
             cuda_lib = next((d for d in (cuda_home / "lib64", cuda_home / "lib",

@@ -122,8 +122,8 @@ void RowStreamReader::RunImpl(dali::Workspace &ws) {
             first = ref.slot * count;
           }
           auto &out = ws.Output<dali::CPUBackend>(static_cast<int>(f));
-          ConvertElements(data.data.data() + first * DTypeSize(field.dtype), field.dtype,
-                          out.raw_mutable_tensor(i), output_dtypes_[f], count);
+          StreamElements(data.data.data() + first * DTypeSize(field.dtype), field.dtype,
+                         out.raw_mutable_tensor(i), output_dtypes_[f], count);
         }
         if (return_row_index_) {
           auto &out = ws.Output<dali::CPUBackend>(static_cast<int>(fields_.size()));

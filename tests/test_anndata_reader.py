@@ -94,3 +94,33 @@ def test_categories_differing_between_stores_are_unified(adata, tmp_path):
     batches = run_reader(path=[a, b], batch_size=64, obs_columns=["cell_type"], return_row_index=True)
     for row, code in zip(rows_of(batches, 3), rows_of(batches, 2)):
         assert union[int(code)] == labels[int(row)]
+
+
+def test_csr_arrays_of_a_batch_equal_anndata_rows(store):
+    """biodali.batch.csr_arrays / csr_batch: one batch as zero-copy CSR arrays."""
+    from nvidia.dali import fn, pipeline_def
+
+    from biodali.batch import csr_arrays, csr_batch
+
+    oracle = sp.csr_matrix(ad.read_zarr(store).X)
+
+    @pipeline_def(batch_size=40, num_threads=2, device_id=None)
+    def pipe():
+        values, indices, row = fn.biodali.readers.anndata(
+            path=store, random_shuffle=True, seed=3, chunk_size=8, preload_chunks=4,
+            return_row_index=True)
+        return values, indices, row
+
+    p = pipe()
+    p.build()
+    for _ in range(3):
+        values, indices, row = p.run()
+        rows = np.asarray(row.as_tensor())
+        data, cols, indptr = csr_arrays(values, indices)
+        expected = oracle[rows]
+        np.testing.assert_array_equal(indptr, expected.indptr)
+        np.testing.assert_array_equal(data, expected.data)
+        np.testing.assert_array_equal(cols, expected.indices)
+        assert (csr_batch(values, indices, oracle.shape[1]) != expected).nnz == 0
+    with pytest.raises(ValueError, match="rows"):
+        csr_arrays(values, row)

@@ -14,7 +14,7 @@ operators ``normalize`` -> ``select_genes`` -> ``densify``) and each batch ends 
 numpy array.
 
 Each ``pipe.run()`` batch ends as host CSR arrays (data, indices, indptr) via
-``biodali.batch.ragged_to_flat`` (zero-copy views of DALI's contiguous outputs), the same form
+``biodali.batch.csr_arrays`` (zero-copy views of DALI's contiguous outputs), the same form
 as annbatch's scipy CSR batches (``--scipy`` additionally wraps them in a scipy.sparse.csr_matrix).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     import biodali  # loads the plugin
-    from biodali.batch import ragged_to_flat
+    from biodali.batch import csr_arrays
     from nvidia.dali import fn, pipeline_def
 
     n_rows, n_cols = _common.x_shape(args.data)
@@ -78,8 +78,7 @@ def main(argv=None) -> dict:
 
     def csr():
         values, indices = p.run()
-        data, indptr = ragged_to_flat(values)
-        idx, _ = ragged_to_flat(indices)
+        data, idx, indptr = csr_arrays(values, indices)
         if args.scipy:
             import scipy.sparse as sp
             return sp.csr_matrix((data, idx, indptr), shape=(len(indptr) - 1, n_cols))

@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "codecs/blosc_codec.h"
+#include "codecs/blosc_lz4_frame.h"
 #include "codecs/buffer.h"
 #include "codecs/crc32c.h"
 #include "common/error.h"
@@ -279,5 +281,26 @@ BIODALI_API int biodali_crc32c(const void *data, size_t nbytes, int impl, uint32
     if (impl < 0 || impl > 2) throw biodali::Error("biodali_crc32c: impl must be 0, 1 or 2");
     *crc = biodali::codecs::Crc32c({static_cast<const std::byte *>(data), nbytes},
                                    static_cast<biodali::codecs::Crc32cImpl>(impl));
+  });
+}
+
+// Decodes one blosc frame into dst (exactly the frame's decoded size). impl 0: as readers do
+// (biodali's lz4 frame decoder where it applies, else c-blosc); 1: c-blosc only. *used_fast
+// tells whether biodali's decoder ran.
+BIODALI_API int biodali_blosc_decode(const void *src, size_t src_nbytes, void *dst, size_t dst_nbytes,
+                                     int impl, int *used_fast, char *err, size_t err_cap) {
+  return Guarded(err, err_cap, [&] {
+    using biodali::codecs::BloscCodec;
+    biodali::codecs::ConstBytes in(static_cast<const std::byte *>(src), src_nbytes);
+    biodali::codecs::Bytes out(static_cast<std::byte *>(dst), dst_nbytes);
+    *used_fast = 0;
+    if (impl == 0) {
+      BloscCodec::CheckFrame(in, dst_nbytes);
+      if (dst_nbytes > 0 && biodali::codecs::DecodeBloscLz4Frame(in, out)) {
+        *used_fast = 1;
+        return;
+      }
+    }
+    BloscCodec::DecodeWithCBlosc(in, out);
   });
 }

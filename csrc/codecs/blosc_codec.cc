@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "codecs/blosc_lz4_frame.h"
 #include "common/error.h"
 
 namespace biodali::codecs {
@@ -27,16 +28,27 @@ size_t BloscCodec::CheckedDecodedNbytes(ConstBytes src) {
   return validated_nbytes;
 }
 
-void BloscCodec::DecodeInto(ConstBytes src, Bytes dst) const {
+void BloscCodec::CheckFrame(ConstBytes src, size_t decoded_nbytes) {
   size_t nbytes = CheckedDecodedNbytes(src);
-  if (nbytes != dst.size()) {
-    throw Error(StrCat("blosc: frame decodes to ", nbytes, " bytes, expected ", dst.size()));
+  if (nbytes != decoded_nbytes) {
+    throw Error(StrCat("blosc: frame decodes to ", nbytes, " bytes, expected ", decoded_nbytes));
   }
-  if (nbytes == 0) return;
+}
+
+void BloscCodec::DecodeInto(ConstBytes src, Bytes dst) const {
+  CheckFrame(src, dst.size());
+  if (dst.empty()) return;
+  if (DecodeBloscLz4Frame(src, dst)) return;
+  DecodeWithCBlosc(src, dst);
+}
+
+void BloscCodec::DecodeWithCBlosc(ConstBytes src, Bytes dst) {
+  CheckFrame(src, dst.size());
+  if (dst.empty()) return;
   // The _ctx variant keeps its state on the stack, so concurrent calls are safe; one internal
   // thread because our own pool already decodes chunks in parallel.
   int decoded = blosc_decompress_ctx(src.data(), dst.data(), dst.size(), 1);
-  if (decoded < 0 || static_cast<size_t>(decoded) != nbytes) {
+  if (decoded < 0 || static_cast<size_t>(decoded) != dst.size()) {
     throw Error(StrCat("blosc: corrupt compressed data (decompressor returned ", decoded, ")"));
   }
 }
@@ -94,13 +106,14 @@ uint32_t LoadLe32(const std::byte *p) {
 
 struct FrameHeader {
   uint32_t nbytes, blocksize, cbytes;
-  uint8_t flags;
+  uint8_t flags, typesize;
   size_t num_blocks() const { return blocksize ? (nbytes + blocksize - 1) / blocksize : 0; }
 };
 
 FrameHeader ParseHeader(ConstBytes header) {
   FrameHeader h;
   h.flags = static_cast<uint8_t>(header[2]);
+  h.typesize = static_cast<uint8_t>(header[3]);
   h.nbytes = LoadLe32(header.data() + 4);
   h.blocksize = LoadLe32(header.data() + 8);
   h.cbytes = LoadLe32(header.data() + 12);
@@ -121,8 +134,9 @@ bool BloscCodec::FrameRangeFor(ConstBytes prefix, size_t frame_nbytes, size_t by
   if (prefix.size() < kHeaderNbytes || num_bytes == 0) return false;
   FrameHeader h = ParseHeader(prefix);
   const size_t num_blocks = h.num_blocks();
+  // DecodeRangeInto decodes a frame that is not a whole number of items whole: read it all.
   if (h.cbytes != frame_nbytes || prefix.size() != kHeaderNbytes + 4 * num_blocks ||
-      byte_begin + num_bytes > h.nbytes)
+      byte_begin + num_bytes > h.nbytes || h.typesize == 0 || h.nbytes % h.typesize != 0)
     return false;
   const std::byte *starts = prefix.data() + kHeaderNbytes;
   const size_t first = byte_begin / h.blocksize, last = (byte_begin + num_bytes - 1) / h.blocksize;

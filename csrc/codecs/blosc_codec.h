@@ -29,6 +29,11 @@ class BloscCodec final : public BytesToBytesCodec {
   static bool FrameRangeFor(ConstBytes prefix, size_t frame_nbytes, size_t byte_begin,
                             size_t num_bytes, size_t *read_begin, size_t *read_end);
 
+  // Validates the frame against its length and that it decodes to `decoded_nbytes` bytes.
+  static void CheckFrame(ConstBytes src, size_t decoded_nbytes);
+  // DecodeInto without biodali's lz4 frame decoder (tests compare the two).
+  static void DecodeWithCBlosc(ConstBytes src, Bytes dst);
+
  private:
   // Validates the frame against its length and returns the decoded size from the header.
   static size_t CheckedDecodedNbytes(ConstBytes src);

@@ -1,5 +1,8 @@
 #include "common/dtype.h"
 
+#include <immintrin.h>
+
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 
@@ -170,6 +173,50 @@ void ConvertElements(const void *src, DType src_dtype, void *dst, DType dst_dtyp
       ConvertTyped<decltype(s), decltype(d)>(src, dst, num_elements);
     });
   });
+}
+
+namespace {
+
+// Scalar up to a 32-byte aligned destination, then 32-byte streaming stores, then the tail.
+__attribute__((target("avx2"))) void StreamBytesAvx2(const std::byte *src, std::byte *dst, size_t n) {
+  size_t head = (32 - reinterpret_cast<uintptr_t>(dst) % 32) % 32;
+  if (head >= n) {
+    std::memcpy(dst, src, n);
+    return;
+  }
+  std::memcpy(dst, src, head);
+  size_t i = head;
+  for (; i + 32 <= n; i += 32)
+    _mm256_stream_si256(reinterpret_cast<__m256i *>(dst + i),
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + i)));
+  std::memcpy(dst + i, src + i, n - i);
+  _mm_sfence();
+}
+
+__attribute__((target("avx2"))) void StreamWidenU16ToI32Avx2(const uint16_t *src, int32_t *dst, size_t n) {
+  size_t i = 0;
+  for (; i < n && reinterpret_cast<uintptr_t>(dst + i) % 32 != 0; ++i) dst[i] = src[i];
+  for (; i + 8 <= n; i += 8)
+    _mm256_stream_si256(reinterpret_cast<__m256i *>(dst + i),
+                        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(src + i))));
+  for (; i < n; ++i) dst[i] = src[i];
+  _mm_sfence();
+}
+
+const bool kHasAvx2 = __builtin_cpu_supports("avx2");
+
+}  // namespace
+
+void StreamElements(const void *src, DType src_dtype, void *dst, DType dst_dtype,
+                    size_t num_elements) {
+  if (kHasAvx2 && src_dtype == dst_dtype) {
+    StreamBytesAvx2(static_cast<const std::byte *>(src), static_cast<std::byte *>(dst),
+                    num_elements * DTypeSize(src_dtype));
+  } else if (kHasAvx2 && src_dtype == DType::kUInt16 && dst_dtype == DType::kInt32) {
+    StreamWidenU16ToI32Avx2(static_cast<const uint16_t *>(src), static_cast<int32_t *>(dst), num_elements);
+  } else {
+    ConvertElements(src, src_dtype, dst, dst_dtype, num_elements);
+  }
 }
 
 }  // namespace biodali

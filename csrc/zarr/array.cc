@@ -303,9 +303,16 @@ void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc
     read_chain_.FinishInPlace(dst);
     return;
   }
-  Bytes encoded = Scratch().encoded.Get(loc.nbytes);
-  if (dst.size() == chunk_nbytes || !ReadNeededBloscBlocks(file, loc, byte_begin, dst.size(), encoded))
-    file.ReadAt(loc.offset, encoded, path);
+  ConstBytes encoded;
+  ReadOnlyFile::Mapping mapping;
+  if (dst.size() == chunk_nbytes) {
+    mapping = file.Map(loc.offset, loc.nbytes, /*populate=*/true, path);
+    encoded = mapping.bytes();
+  } else {
+    Bytes buffer = Scratch().encoded.Get(loc.nbytes);
+    if (!ReadNeededBloscBlocks(file, loc, byte_begin, dst.size(), buffer)) file.ReadAt(loc.offset, buffer, path);
+    encoded = buffer;
+  }
   try {
     if (dst.size() == chunk_nbytes) {
       read_chain_.Decode(encoded, dst);

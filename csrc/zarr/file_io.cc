@@ -1,6 +1,7 @@
 #include "zarr/file_io.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -53,6 +54,29 @@ void ReadOnlyFile::ReadAt(uint64_t offset, codecs::Bytes dst, const std::string 
     }
     done += static_cast<size_t>(n);
   }
+}
+
+ReadOnlyFile::Mapping ReadOnlyFile::Map(uint64_t offset, uint64_t nbytes, bool populate,
+                                        const std::string &path) const {
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) FailAt(path, "cannot stat: ", std::strerror(errno));
+  if (static_cast<uint64_t>(st.st_size) < offset + nbytes) {
+    FailAt(path, "file ended at ", st.st_size, " bytes while reading ", nbytes,
+           " bytes at offset ", offset, " (truncated?)");
+  }
+  if (nbytes == 0) return {};
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t aligned = offset / page * page;
+  const size_t mapped_nbytes = static_cast<size_t>(offset + nbytes - aligned);
+  void *base = ::mmap(nullptr, mapped_nbytes, PROT_READ, MAP_SHARED | (populate ? MAP_POPULATE : 0),
+                      fd_, static_cast<off_t>(aligned));
+  if (base == MAP_FAILED) FailAt(path, "cannot map ", nbytes, " bytes at offset ", offset, ": ", std::strerror(errno));
+  return Mapping(base, mapped_nbytes, static_cast<size_t>(offset - aligned), static_cast<size_t>(nbytes));
+}
+
+void ReadOnlyFile::Mapping::Unmap() {
+  if (base_ != nullptr) ::munmap(base_, mapped_nbytes_);
+  base_ = nullptr;
 }
 
 std::shared_ptr<const ReadOnlyFile> FileCache::Get(int64_t key, const std::string &path) {

@@ -41,7 +41,10 @@ def _lib() -> ctypes.CDLL:
     lib.biodali_zarr_time_chunk_range.argtypes = [
         c_char_p, c_int, c_int64, c_int64, c_int64, c_int64, ctypes.POINTER(ctypes.c_double),
         c_char_p, c_size_t]
-    for fn in (lib.biodali_zarr_info, lib.biodali_zarr_read_region, lib.biodali_zarr_read_chunks,
+    lib.biodali_blosc_decode.argtypes = [
+        ctypes.c_void_p, c_size_t, ctypes.c_void_p, c_size_t, c_int, ctypes.POINTER(c_int), c_char_p,
+        c_size_t]
+    for fn in (lib.biodali_blosc_decode, lib.biodali_zarr_info, lib.biodali_zarr_read_region, lib.biodali_zarr_read_chunks,
                lib.biodali_decode_ceiling, lib.biodali_crc32c, lib.biodali_zarr_read_strings,
                lib.biodali_zarr_read_chunk_ranges, lib.biodali_zarr_time_chunk_range):
         fn.restype = c_int
@@ -168,6 +171,18 @@ def decode_ceiling(path, num_threads: int, max_chunks: int = 256) -> dict:
         "gb_per_s": (decoded_nbytes.value / seconds.value / 1e9 if seconds.value > 0
                      else float("inf")),
     }
+
+
+def blosc_decode(frame: bytes, decoded_nbytes: int, impl: str = "auto") -> tuple[bytes, bool]:
+    """Decodes one blosc frame as readers do ("auto": biodali's lz4 frame decoder where it
+    applies, else c-blosc) or with c-blosc only ("c-blosc"). Returns (bytes, fast decoder used)."""
+    impl_code = {"auto": 0, "c-blosc": 1}[impl]
+    src = ctypes.create_string_buffer(bytes(frame), len(frame))
+    dst = ctypes.create_string_buffer(max(decoded_nbytes, 1))
+    used_fast = ctypes.c_int()
+    _call(_lib().biodali_blosc_decode, src, len(frame), dst, decoded_nbytes, impl_code,
+          ctypes.byref(used_fast))
+    return dst.raw[:decoded_nbytes], bool(used_fast.value)
 
 
 def crc32c(data: bytes, impl: str = "auto") -> int:

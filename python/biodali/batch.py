@@ -4,27 +4,50 @@ from __future__ import annotations
 import numpy as np
 
 
+def ragged_offsets(tensor_list) -> np.ndarray:
+    """Row offsets (len(batch) + 1, int64) of a CPU TensorList of 1-D samples."""
+    # shape() builds a Python list per sample: the costly part at large batch sizes.
+    lengths = np.fromiter((s[0] for s in tensor_list.shape()), dtype=np.int64, count=len(tensor_list))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def flat_samples(tensor_list, total: int) -> np.ndarray:
+    """The `total` elements of a CPU TensorList of 1-D samples as one array (zero-copy when
+    the list is contiguous, as the reader's outputs are)."""
+    if tensor_list.is_dense_tensor() or total == 0:
+        return np.array(tensor_list.as_tensor()).reshape(-1) if total else np.empty(0, np.float32)
+    return np.asarray(tensor_list.as_reshaped_tensor([total]))
+
+
 def ragged_to_flat(tensor_list) -> tuple[np.ndarray, np.ndarray]:
     """A CPU TensorList of 1-D samples -> (concatenated values, offsets with len(batch)+1).
 
     Zero-copy when the list is contiguous (the reader's outputs are)."""
-    lengths = np.fromiter((s[0] for s in tensor_list.shape()), dtype=np.int64, count=len(tensor_list))
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    if tensor_list.is_dense_tensor() or total == 0:
-        flat = np.array(tensor_list.as_tensor()).reshape(-1) if total else np.empty(0, np.float32)
-    else:
-        flat = np.asarray(tensor_list.as_reshaped_tensor([total]))
-    return flat, offsets
+    offsets = ragged_offsets(tensor_list)
+    return flat_samples(tensor_list, int(offsets[-1])), offsets
+
+
+def csr_arrays(values, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reader's sparse outputs of one batch -> CSR (data, indices, indptr), zero-copy.
+
+    values and indices have the same per-row lengths, so the offsets are read once."""
+    indptr = ragged_offsets(values)
+    total = int(indptr[-1])
+    if len(indices) != len(values):
+        raise ValueError(f"values has {len(values)} rows but indices has {len(indices)}")
+    cols = flat_samples(indices, total)
+    if cols.size != total:
+        raise ValueError(f"indices holds {cols.size} elements but values {total}; not the same rows")
+    return flat_samples(values, total), cols, indptr
 
 
 def csr_batch(values, indices, n_cols: int):
     """values/indices TensorLists of one batch -> scipy.sparse.csr_matrix [batch, n_cols]."""
     import scipy.sparse as sp
 
-    data, indptr = ragged_to_flat(values)
-    idx, _ = ragged_to_flat(indices)
+    data, idx, indptr = csr_arrays(values, indices)
     return sp.csr_matrix((data, idx, indptr), shape=(len(indptr) - 1, n_cols))
 
 

@@ -29,7 +29,7 @@ def main(args) -> int:
     import biodali  # noqa: F401  (loads the plugin)
     from nvidia.dali import fn, pipeline_def
 
-    from biodali.batch import ragged_to_flat
+    from biodali.batch import csr_arrays
 
     data_dir = Path(os.path.expanduser(args.data_dir))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -55,8 +55,7 @@ def main(args) -> int:
         for _ in range(batches_per_epoch):
             values, indices, cell_type, row = p.run()
             np.add.at(seen, np.asarray(row.as_tensor()), 1)
-            data, offsets = ragged_to_flat(values)
-            cols, _ = ragged_to_flat(indices)
+            data, cols, offsets = csr_arrays(values, indices)
             labels = np.asarray(cell_type.as_tensor())
             cells += len(labels)
             nnz += len(data)

@@ -47,7 +47,7 @@ def log1p_gene_stats(path, target_sum: float = 1e4, max_cells: int | None = None
     import biodali  # noqa: F401  (loads the plugin)
     from nvidia.dali import fn, pipeline_def
 
-    from .batch import ragged_to_flat
+    from .batch import csr_arrays
 
     num_features = store_n_features(path, array)
     shuffle = max_cells is not None
@@ -69,8 +69,7 @@ def log1p_gene_stats(path, target_sum: float = 1e4, max_cells: int | None = None
         seen = 0
         while seen < wanted:
             values, indices = p.run()
-            data, offsets = ragged_to_flat(values)
-            cols, _ = ragged_to_flat(indices)
+            data, cols, offsets = csr_arrays(values, indices)
             take = min(len(offsets) - 1, wanted - seen)  # the last batch repeats its last row
             end = int(offsets[take])
             data = data[:end].astype(np.float64)

@@ -1,0 +1,16 @@
+// A decoder for the blosc1 frames zarr stores hold most often (lz4, byte shuffle of 2- or
+// 4-byte items, or no shuffle: what anndata, zarr-python and annbatch write by default), with
+// an AVX2 unshuffle. c-blosc 1.21 as packaged by Debian unshuffles with SSE2 only, which
+// costs about a third as much as lz4 itself. Every other frame goes to c-blosc.
+#pragma once
+
+#include "codecs/codec.h"
+
+namespace biodali::codecs {
+
+// Decodes a frame that BloscCodec has validated (header sizes match src and dst) into dst.
+// Returns false, having written nothing, when the frame is not one this decoder handles
+// (other compressor, bitshuffle, other item size, no AVX2); throws Error on corrupt data.
+bool DecodeBloscLz4Frame(ConstBytes src, Bytes dst);
+
+}  // namespace biodali::codecs
