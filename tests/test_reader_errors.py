@@ -136,3 +136,26 @@ def test_stores_disagree_on_columns(adata, tmp_path):
     b = write_zarr(adata[:, :20].copy(), tmp_path / "b.zarr")
     with pytest.raises(Exception, match=r"b\.zarr/X.*20.*a\.zarr/X.*30"):
         run_reader(path=[a, b], batch_size=8, num_batches=1)
+
+
+def test_shard_truncated_while_reading(adata, tmp_path):
+    """Inner chunks are decoded from mapped shard pages: a shard file that shrinks after the
+    reader opened it must raise (naming it), not SIGBUS."""
+    from nvidia.dali import fn, pipeline_def
+
+    path = write_sharded(adata, tmp_path / "a.zarr")
+    shard = chunk_files(f"{path}/X/data")[0]
+
+    @pipeline_def(batch_size=16, num_threads=2, device_id=None, prefetch_queue_depth=1)
+    def pipe():
+        values, indices = fn.biodali.readers.anndata(path=path, chunk_size=8, preload_chunks=1,
+                                                     prefetch_windows=1)
+        return values, indices
+
+    p = pipe()
+    p.build()
+    p.run()
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    with pytest.raises(Exception, match=r"X/data/c.*ended at \d+ bytes.*truncated"):
+        for _ in range(4 * adata.n_obs // 16):  # two epochs: the stream must re-read the shard
+            p.run()
