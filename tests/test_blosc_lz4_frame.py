@@ -129,3 +129,21 @@ def test_truncated_stream_size_names_the_block():
     frame[start:start + 4] = (10**9).to_bytes(4, "little")
     with pytest.raises(RuntimeError, match=r"blosc: corrupt compressed data in block 0"):
         _testing.blosc_decode(bytes(frame), arr.nbytes)
+
+
+@pytest.mark.parametrize("shuffle", [ncblosc.SHUFFLE, ncblosc.NOSHUFFLE])
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+@pytest.mark.parametrize("blocksize", [0, 200, 4096, 65_536 + 4])  # 200: shuffled but not split
+def test_ranges_decode_as_c_blosc(dtype, blocksize, shuffle):
+    """Ranges go through biodali's decoder when a chunk is read partially (reader windows of
+    small blocks): any whole-item range, across block boundaries, equals c-blosc's bytes."""
+    arr = _data(dtype, 184_784 if blocksize != 200 else 20_000, "counts", np.random.default_rng(7))
+    frame = _frame(arr, blocksize=blocksize, shuffle=shuffle)
+    item = arr.dtype.itemsize
+    rng = np.random.default_rng(8)
+    raw = arr.tobytes()
+    cases = [(0, arr.size), (0, 1), (arr.size - 1, 1), (1, arr.size - 2)]
+    cases += [(int(a), int(rng.integers(1, arr.size - a + 1))) for a in rng.integers(0, arr.size, 40)]
+    for first, count in cases:
+        got = _testing.blosc_decode_range(frame, arr.nbytes, first * item, count * item)
+        assert got == raw[first * item:(first + count) * item], (first, count)

@@ -304,3 +304,15 @@ BIODALI_API int biodali_blosc_decode(const void *src, size_t src_nbytes, void *d
     BloscCodec::DecodeWithCBlosc(in, out);
   });
 }
+
+// Decodes bytes [byte_begin, byte_begin + dst_nbytes) of a blosc frame of `decoded_nbytes`
+// bytes, as partial chunk reads do.
+BIODALI_API int biodali_blosc_decode_range(const void *src, size_t src_nbytes, size_t decoded_nbytes,
+                                           size_t byte_begin, void *dst, size_t dst_nbytes,
+                                           char *err, size_t err_cap) {
+  return Guarded(err, err_cap, [&] {
+    biodali::codecs::BloscCodec().DecodeRangeInto(
+        {static_cast<const std::byte *>(src), src_nbytes}, decoded_nbytes, byte_begin,
+        {static_cast<std::byte *>(dst), dst_nbytes});
+  });
+}

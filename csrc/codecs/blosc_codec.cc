@@ -64,6 +64,7 @@ void BloscCodec::DecodeRangeInto(ConstBytes src, size_t decoded_nbytes, size_t b
                        ") is outside a frame of ", nbytes, " bytes"));
   }
   if (dst.empty()) return;
+  if (DecodeBloscLz4FrameRange(src, byte_begin, dst)) return;
   size_t typesize = 0;
   int flags = 0;
   blosc_cbuffer_metainfo(src.data(), &typesize, &flags);
@@ -94,69 +95,6 @@ void BloscCodec::DecodeRangeInto(ConstBytes src, size_t decoded_nbytes, size_t b
     throw Error(StrCat("blosc: corrupt compressed data (getitem returned ", got, ")"));
   }
   if (!aligned) std::memcpy(dst.data(), out + (byte_begin - first_item * typesize), dst.size());
-}
-
-namespace {
-
-uint32_t LoadLe32(const std::byte *p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;  // blosc frames are little endian, as is every platform biodali builds for
-}
-
-struct FrameHeader {
-  uint32_t nbytes, blocksize, cbytes;
-  uint8_t flags, typesize;
-  size_t num_blocks() const { return blocksize ? (nbytes + blocksize - 1) / blocksize : 0; }
-};
-
-FrameHeader ParseHeader(ConstBytes header) {
-  FrameHeader h;
-  h.flags = static_cast<uint8_t>(header[2]);
-  h.typesize = static_cast<uint8_t>(header[3]);
-  h.nbytes = LoadLe32(header.data() + 4);
-  h.blocksize = LoadLe32(header.data() + 8);
-  h.cbytes = LoadLe32(header.data() + 12);
-  return h;
-}
-
-}  // namespace
-
-size_t BloscCodec::PrefixNbytes(ConstBytes header) {
-  if (header.size() < kHeaderNbytes) return 0;
-  FrameHeader h = ParseHeader(header);
-  if ((h.flags & BLOSC_MEMCPYED) || h.blocksize == 0) return 0;
-  return kHeaderNbytes + 4 * h.num_blocks();
-}
-
-bool BloscCodec::FrameRangeFor(ConstBytes prefix, size_t frame_nbytes, size_t byte_begin,
-                               size_t num_bytes, size_t *read_begin, size_t *read_end) {
-  if (prefix.size() < kHeaderNbytes || num_bytes == 0) return false;
-  FrameHeader h = ParseHeader(prefix);
-  const size_t num_blocks = h.num_blocks();
-  // DecodeRangeInto decodes a frame that is not a whole number of items whole: read it all.
-  if (h.cbytes != frame_nbytes || prefix.size() != kHeaderNbytes + 4 * num_blocks ||
-      byte_begin + num_bytes > h.nbytes || h.typesize == 0 || h.nbytes % h.typesize != 0)
-    return false;
-  const std::byte *starts = prefix.data() + kHeaderNbytes;
-  const size_t first = byte_begin / h.blocksize, last = (byte_begin + num_bytes - 1) / h.blocksize;
-  // Blocks may be stored out of order (blosc's threads append them as they finish), so a block
-  // ends where the next-higher start begins, or at the end of the frame.
-  size_t begin = frame_nbytes, end = prefix.size();
-  for (size_t b = first; b <= last; ++b) {
-    size_t start = LoadLe32(starts + 4 * b);
-    if (start < prefix.size() || start >= frame_nbytes) return false;
-    size_t block_end = frame_nbytes;
-    for (size_t o = 0; o < num_blocks; ++o) {
-      size_t other = LoadLe32(starts + 4 * o);
-      if (other > start && other < block_end) block_end = other;
-    }
-    begin = std::min(begin, start);
-    end = std::max(end, block_end);
-  }
-  *read_begin = begin;
-  *read_end = end;
-  return true;
 }
 
 ConstBytes BloscCodec::Decode(ConstBytes src, ScratchBuffer *scratch) const {

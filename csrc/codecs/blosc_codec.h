@@ -19,16 +19,6 @@ class BloscCodec final : public BytesToBytesCodec {
   void DecodeRangeInto(ConstBytes src, size_t decoded_nbytes, size_t byte_begin,
                        Bytes dst) const;
 
-  // Selective reading: from a frame's first kHeaderNbytes bytes, how many leading bytes hold
-  // the header and the block-start table (0 when the frame has no table: stored uncompressed).
-  static constexpr size_t kHeaderNbytes = 16;
-  static size_t PrefixNbytes(ConstBytes header);
-  // From that prefix, the part [*read_begin, *read_end) of a frame of `frame_nbytes` bytes that
-  // decoding bytes [byte_begin, byte_begin + num_bytes) reads. False when the table is not
-  // consistent with the frame: read it whole then, and let decoding report the problem.
-  static bool FrameRangeFor(ConstBytes prefix, size_t frame_nbytes, size_t byte_begin,
-                            size_t num_bytes, size_t *read_begin, size_t *read_end);
-
   // Validates the frame against its length and that it decodes to `decoded_nbytes` bytes.
   static void CheckFrame(ConstBytes src, size_t decoded_nbytes);
   // DecodeInto without biodali's lz4 frame decoder (tests compare the two).

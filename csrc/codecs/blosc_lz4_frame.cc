@@ -3,9 +3,9 @@
 #include <immintrin.h>
 #include <lz4.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 
 #include "codecs/buffer.h"
 #include "common/error.h"
@@ -34,13 +34,15 @@ int32_t LoadLe32(const std::byte *p) {
   throw Error(StrCat("blosc: corrupt compressed data in block ", block, " (", what, ")"));
 }
 
-// dst[i * S + k] = src[k * n + i]: item i of the block gathered from byte plane k. 32 items per
-// step; the unpacks interleave within 128-bit lanes, the permutes put the lanes in order.
-__attribute__((target("avx2"))) size_t Unshuffle2Avx2(const std::byte *src, std::byte *dst, size_t n) {
+// dst[i * S + k] = src[k * stride + i] for items i < count: items gathered from byte planes
+// `stride` bytes apart. 32 items per step; the unpacks interleave within 128-bit lanes, the
+// permutes put the lanes in order. Returns the items done (a multiple of 32).
+__attribute__((target("avx2"))) size_t Unshuffle2Avx2(const std::byte *src, size_t stride, std::byte *dst,
+                                                      size_t count) {
   size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
+  for (; i + 32 <= count; i += 32) {
     __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + i));
-    __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + n + i));
+    __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + stride + i));
     __m256i lo = _mm256_unpacklo_epi8(p0, p1);  // items 0-7 | 16-23
     __m256i hi = _mm256_unpackhi_epi8(p0, p1);  // items 8-15 | 24-31
     auto *out = reinterpret_cast<__m256i *>(dst + 2 * i);
@@ -50,13 +52,14 @@ __attribute__((target("avx2"))) size_t Unshuffle2Avx2(const std::byte *src, std:
   return i;
 }
 
-__attribute__((target("avx2"))) size_t Unshuffle4Avx2(const std::byte *src, std::byte *dst, size_t n) {
+__attribute__((target("avx2"))) size_t Unshuffle4Avx2(const std::byte *src, size_t stride, std::byte *dst,
+                                                      size_t count) {
   size_t i = 0;
-  for (; i + 32 <= n; i += 32) {
+  for (; i + 32 <= count; i += 32) {
     __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + i));
-    __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + n + i));
-    __m256i p2 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + 2 * n + i));
-    __m256i p3 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + 3 * n + i));
+    __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + stride + i));
+    __m256i p2 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + 2 * stride + i));
+    __m256i p3 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + 3 * stride + i));
     __m256i b01_lo = _mm256_unpacklo_epi8(p0, p1), b01_hi = _mm256_unpackhi_epi8(p0, p1);
     __m256i b23_lo = _mm256_unpacklo_epi8(p2, p3), b23_hi = _mm256_unpackhi_epi8(p2, p3);
     __m256i e0 = _mm256_unpacklo_epi16(b01_lo, b23_lo);  // items 0-3 | 16-19
@@ -72,52 +75,79 @@ __attribute__((target("avx2"))) size_t Unshuffle4Avx2(const std::byte *src, std:
   return i;
 }
 
+// Items [first, end) of a shuffled block of `block_nbytes` bytes (byte planes in `planes`) into
+// dst (item `first` at dst[0]). A block's trailing partial item is not an item: see Unshuffle.
+void UnshuffleItems(size_t typesize, size_t block_nbytes, const std::byte *planes, size_t first,
+                    size_t end, std::byte *dst) {
+  const size_t stride = block_nbytes / typesize;
+  const size_t count = end - first;
+  size_t i = typesize == 2 ? Unshuffle2Avx2(planes + first, stride, dst, count)
+                           : Unshuffle4Avx2(planes + first, stride, dst, count);
+  for (; i < count; ++i)
+    for (size_t k = 0; k < typesize; ++k) dst[i * typesize + k] = planes[k * stride + first + i];
+}
+
 // c-blosc's unshuffle: whole items from the byte planes, then the block's trailing bytes (a
 // block that is not a whole number of items) copied as they are.
-void Unshuffle(size_t typesize, size_t block_nbytes, const std::byte *src, std::byte *dst) {
+void Unshuffle(size_t typesize, size_t block_nbytes, const std::byte *planes, std::byte *dst) {
   const size_t n = block_nbytes / typesize;
-  size_t i = typesize == 2 ? Unshuffle2Avx2(src, dst, n) : Unshuffle4Avx2(src, dst, n);
-  for (; i < n; ++i)
-    for (size_t k = 0; k < typesize; ++k) dst[i * typesize + k] = src[k * n + i];
-  const size_t tail = block_nbytes - n * typesize;
-  std::memcpy(dst + n * typesize, src + n * typesize, tail);
+  UnshuffleItems(typesize, block_nbytes, planes, 0, n, dst);
+  std::memcpy(dst + n * typesize, planes + n * typesize, block_nbytes - n * typesize);
 }
 
 const bool kHasAvx2 = __builtin_cpu_supports("avx2");
 
-}  // namespace
+// A frame's header, checked against the bytes held; `ok` false when this decoder does not
+// handle the frame (c-blosc does, or reports the problem).
+struct Frame {
+  bool ok = false, shuffled = false, may_split = false;
+  size_t typesize = 0, nbytes = 0, blocksize = 0, num_blocks = 0, leftover = 0;
+  ConstBytes src;
 
-bool DecodeBloscLz4Frame(ConstBytes src, Bytes dst) {
-  if (!kHasAvx2 || src.size() < kHeaderNbytes) return false;
-  const auto version = static_cast<uint8_t>(src[0]);
-  const auto flags = static_cast<uint8_t>(src[2]);
-  const size_t typesize = static_cast<uint8_t>(src[3]);
-  const bool shuffled = (flags & kByteShuffle) && typesize > 1;
-  if (version != kFormatVersion || (flags >> 5) != kLz4Format ||
-      (flags & (kMemcpyed | kBitShuffle | kReserved)) || (shuffled && typesize != 2 && typesize != 4))
-    return false;
-  const int32_t nbytes = LoadLe32(src.data() + 4), blocksize = LoadLe32(src.data() + 8),
-                cbytes = LoadLe32(src.data() + 12);
-  if (nbytes < 0 || static_cast<size_t>(nbytes) != dst.size() || cbytes < 0 ||
-      static_cast<size_t>(cbytes) != src.size() || blocksize <= 0 || blocksize > nbytes)
-    return false;  // c-blosc reports these
-  if (nbytes == 0) return true;
-  const size_t num_blocks = (static_cast<size_t>(nbytes) + blocksize - 1) / blocksize;
-  const size_t leftover = static_cast<size_t>(nbytes) % blocksize;
-  if (num_blocks > (src.size() - kHeaderNbytes) / 4) throw Error("blosc: corrupt frame (block table past the end)");
-  const bool may_split = !(flags & kDontSplit) && typesize <= kMaxSplits;
+  explicit Frame(ConstBytes frame) : src(frame) {
+    if (!kHasAvx2 || src.size() < kHeaderNbytes) return;
+    const auto version = static_cast<uint8_t>(src[0]);
+    const auto flags = static_cast<uint8_t>(src[2]);
+    typesize = static_cast<uint8_t>(src[3]);
+    shuffled = (flags & kByteShuffle) && typesize > 1;
+    if (version != kFormatVersion || (flags >> 5) != kLz4Format ||
+        (flags & (kMemcpyed | kBitShuffle | kReserved)) || (shuffled && typesize != 2 && typesize != 4))
+      return;
+    const int32_t n = LoadLe32(src.data() + 4), block = LoadLe32(src.data() + 8),
+                  compressed = LoadLe32(src.data() + 12);
+    if (n <= 0 || compressed < 0 || static_cast<size_t>(compressed) != src.size() || block <= 0 || block > n)
+      return;
+    nbytes = static_cast<size_t>(n);
+    blocksize = static_cast<size_t>(block);
+    num_blocks = (nbytes + blocksize - 1) / blocksize;
+    leftover = nbytes % blocksize;
+    if (num_blocks > (src.size() - kHeaderNbytes) / 4) throw Error("blosc: corrupt frame (block table past the end)");
+    may_split = !(flags & kDontSplit) && typesize <= kMaxSplits;
+    ok = true;
+  }
 
-  thread_local ScratchBuffer planes;
-  std::byte *tmp = shuffled ? planes.Get(static_cast<size_t>(blocksize)).data() : nullptr;
-  for (size_t b = 0; b < num_blocks; ++b) {
+  size_t BlockNbytes(size_t b) const { return b + 1 == num_blocks && leftover > 0 ? leftover : blocksize; }
+
+  // Decompresses block b into out (BlockNbytes(b) bytes: byte planes when shuffled). A range
+  // ending inside the block needs only its first `end` bytes (unshuffled) or the first `end`
+  // items of every byte plane (shuffled): streams are decoded only that far (lz4 can stop
+  // early, not start late), and the rest of them is then not checked.
+  void DecompressBlock(size_t b, std::byte *out, size_t end = SIZE_MAX) const {
     const bool last_partial = b + 1 == num_blocks && leftover > 0;
-    const size_t block_nbytes = last_partial ? leftover : static_cast<size_t>(blocksize);
+    const size_t block_nbytes = BlockNbytes(b);
     const size_t num_splits =
         may_split && !last_partial && block_nbytes / typesize >= kMinSplitNbytes ? typesize : 1;
     if (block_nbytes % num_splits != 0) Corrupt(b, "block size is not a multiple of the item size");
     const size_t split_nbytes = block_nbytes / num_splits;
-    std::byte *block_dst = dst.data() + b * static_cast<size_t>(blocksize);
-    std::byte *out = shuffled ? tmp : block_dst;
+    size_t wanted = split_nbytes;
+    if (end < SIZE_MAX) {
+      if (!shuffled || num_splits == typesize) {
+        wanted = std::min(end, split_nbytes);  // one stream per byte plane, or plain bytes
+      } else {
+        wanted = (typesize - 1) * (block_nbytes / typesize) + end;  // all planes in one stream
+      }
+    }
+    const int64_t cbytes = static_cast<int64_t>(src.size());
     int64_t offset = LoadLe32(src.data() + kHeaderNbytes + 4 * b);
     for (size_t s = 0; s < num_splits; ++s) {
       if (offset < 0 || offset > cbytes - 4) Corrupt(b, "stream offset outside the frame");
@@ -126,16 +156,69 @@ bool DecodeBloscLz4Frame(ConstBytes src, Bytes dst) {
       if (stream_nbytes < 0 || stream_nbytes > cbytes - offset) Corrupt(b, "stream size past the end of the frame");
       const char *stream = reinterpret_cast<const char *>(src.data() + offset);
       if (static_cast<size_t>(stream_nbytes) == split_nbytes) {
-        std::memcpy(out, stream, split_nbytes);
-      } else {
+        std::memcpy(out, stream, wanted);
+      } else if (wanted == split_nbytes) {
         int got = LZ4_decompress_safe(stream, reinterpret_cast<char *>(out), stream_nbytes,
                                       static_cast<int>(split_nbytes));
         if (got < 0 || static_cast<size_t>(got) != split_nbytes) Corrupt(b, "lz4 stream does not decode to its size");
+      } else {
+        int got = LZ4_decompress_safe_partial(stream, reinterpret_cast<char *>(out), stream_nbytes,
+                                              static_cast<int>(wanted), static_cast<int>(split_nbytes));
+        if (got < 0 || static_cast<size_t>(got) < wanted) Corrupt(b, "lz4 stream ends early");
       }
       offset += stream_nbytes;
       out += split_nbytes;
     }
-    if (shuffled) Unshuffle(typesize, block_nbytes, tmp, block_dst);
+  }
+};
+
+thread_local ScratchBuffer block_scratch;
+
+}  // namespace
+
+bool DecodeBloscLz4Frame(ConstBytes src, Bytes dst) {
+  Frame frame(src);
+  if (!frame.ok || frame.nbytes != dst.size()) return false;
+  std::byte *planes = frame.shuffled ? block_scratch.Get(frame.blocksize).data() : nullptr;
+  for (size_t b = 0; b < frame.num_blocks; ++b) {
+    std::byte *block_dst = dst.data() + b * frame.blocksize;
+    if (!frame.shuffled) {
+      frame.DecompressBlock(b, block_dst);
+      continue;
+    }
+    frame.DecompressBlock(b, planes);
+    Unshuffle(frame.typesize, frame.BlockNbytes(b), planes, block_dst);
+  }
+  return true;
+}
+
+bool DecodeBloscLz4FrameRange(ConstBytes src, size_t byte_begin, Bytes dst) {
+  Frame frame(src);
+  const size_t byte_end = byte_begin + dst.size();
+  if (!frame.ok || byte_end > frame.nbytes || dst.empty()) return false;
+  // Whole items only, from a frame of whole items (so every block holds whole items too).
+  if (frame.shuffled && (frame.nbytes % frame.typesize != 0 || byte_begin % frame.typesize != 0 ||
+                         dst.size() % frame.typesize != 0))
+    return false;
+  std::byte *scratch = block_scratch.Get(frame.blocksize).data();
+  for (size_t b = byte_begin / frame.blocksize; b * frame.blocksize < byte_end; ++b) {
+    const size_t block_begin = b * frame.blocksize, block_nbytes = frame.BlockNbytes(b);
+    const size_t lo = std::max(byte_begin, block_begin), hi = std::min(byte_end, block_begin + block_nbytes);
+    std::byte *out = dst.data() + (lo - byte_begin);
+    if (!frame.shuffled) {
+      if (lo == block_begin && hi == block_begin + block_nbytes) {
+        frame.DecompressBlock(b, out);
+      } else {
+        frame.DecompressBlock(b, scratch, hi - block_begin);
+        std::memcpy(out, scratch + (lo - block_begin), hi - lo);
+      }
+      continue;
+    }
+    // Each byte plane up to the last wanted item, then just the wanted items unshuffled
+    // straight into place.
+    frame.DecompressBlock(b, scratch, (hi - block_begin) / frame.typesize);
+    UnshuffleItems(frame.typesize, block_nbytes, scratch, (lo - block_begin) / frame.typesize,
+                   (hi - block_begin) / frame.typesize, out);
   }
   return true;
 }

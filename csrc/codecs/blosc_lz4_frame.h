@@ -13,4 +13,10 @@ namespace biodali::codecs {
 // (other compressor, bitshuffle, other item size, no AVX2); throws Error on corrupt data.
 bool DecodeBloscLz4Frame(ConstBytes src, Bytes dst);
 
+// Decodes bytes [byte_begin, byte_begin + dst.size()) of a validated frame, decompressing only
+// the blocks that hold them and unshuffling only the wanted items. Returns false, having
+// written nothing, for frames DecodeBloscLz4Frame does not handle and for ranges that are not
+// whole items of a frame of whole items.
+bool DecodeBloscLz4FrameRange(ConstBytes src, size_t byte_begin, Bytes dst);
+
 }  // namespace biodali::codecs

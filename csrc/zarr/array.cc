@@ -127,10 +127,6 @@ class ArrayImpl final : public Array {
   // (the whole chunk when dst holds read_chunk_nbytes_).
   void DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc, size_t byte_begin,
                      Bytes dst) const;
-  // For a part of a blosc chunk: reads only what decoding it needs; false if that cannot be
-  // told (then the caller reads the whole chunk).
-  bool ReadNeededBloscBlocks(const ReadOnlyFile &file, const ChunkLocation &loc, size_t byte_begin,
-                             size_t num_bytes, Bytes encoded) const;
   void Fill(Bytes dst) const;
 
   std::string path_;
@@ -266,27 +262,6 @@ bool ArrayImpl::Locate(std::span<const int64_t> coords, ReadOnlyFile *file,
   return true;
 }
 
-bool ArrayImpl::ReadNeededBloscBlocks(const ReadOnlyFile &file, const ChunkLocation &loc,
-                                      size_t byte_begin, size_t num_bytes, Bytes encoded) const {
-  // Reads the frame's header and block table, then only the blocks the range needs, into their
-  // places in `encoded` (the rest stays unread: blosc_getitem touches only those blocks).
-  using codecs::BloscCodec;
-  if (!read_chain_.SupportsSelectiveRead() || loc.nbytes < BloscCodec::kHeaderNbytes) return false;
-  const std::string &path = Scratch().path;
-  file.ReadAt(loc.offset, encoded.first(BloscCodec::kHeaderNbytes), path);
-  const size_t prefix_nbytes = BloscCodec::PrefixNbytes(encoded.first(BloscCodec::kHeaderNbytes));
-  if (prefix_nbytes == 0 || prefix_nbytes > loc.nbytes) return false;
-  file.ReadAt(loc.offset + BloscCodec::kHeaderNbytes,
-              encoded.subspan(BloscCodec::kHeaderNbytes, prefix_nbytes - BloscCodec::kHeaderNbytes), path);
-  size_t read_begin = 0, read_end = 0;
-  if (!BloscCodec::FrameRangeFor(encoded.first(prefix_nbytes), loc.nbytes, byte_begin, num_bytes,
-                                 &read_begin, &read_end))
-    return false;
-  if (read_end > read_begin)
-    file.ReadAt(loc.offset + read_begin, encoded.subspan(read_begin, read_end - read_begin), path);
-  return true;
-}
-
 void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc,
                               size_t byte_begin, Bytes dst) const {
   const std::string &path = Scratch().path;
@@ -303,14 +278,18 @@ void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc
     read_chain_.FinishInPlace(dst);
     return;
   }
-  ConstBytes encoded;
+  // Decoders read the chunk's bytes straight from the page cache. A whole chunk is read in
+  // full, so all its pages are mapped up front; a range of a blosc frame touches only the
+  // header, the block table and the blocks that hold it, so pages are mapped as touched.
+  const bool whole = dst.size() == chunk_nbytes;
   ReadOnlyFile::Mapping mapping;
-  if (dst.size() == chunk_nbytes) {
-    mapping = file.Map(loc.offset, loc.nbytes, /*populate=*/true, path);
+  ConstBytes encoded;
+  if (whole || read_chain_.SupportsSelectiveRead()) {
+    mapping = file.Map(loc.offset, loc.nbytes, /*populate=*/whole, path);
     encoded = mapping.bytes();
   } else {
     Bytes buffer = Scratch().encoded.Get(loc.nbytes);
-    if (!ReadNeededBloscBlocks(file, loc, byte_begin, dst.size(), buffer)) file.ReadAt(loc.offset, buffer, path);
+    file.ReadAt(loc.offset, buffer, path);
     encoded = buffer;
   }
   try {

@@ -44,7 +44,9 @@ def _lib() -> ctypes.CDLL:
     lib.biodali_blosc_decode.argtypes = [
         ctypes.c_void_p, c_size_t, ctypes.c_void_p, c_size_t, c_int, ctypes.POINTER(c_int), c_char_p,
         c_size_t]
-    for fn in (lib.biodali_blosc_decode, lib.biodali_zarr_info, lib.biodali_zarr_read_region, lib.biodali_zarr_read_chunks,
+    lib.biodali_blosc_decode_range.argtypes = [
+        ctypes.c_void_p, c_size_t, c_size_t, c_size_t, ctypes.c_void_p, c_size_t, c_char_p, c_size_t]
+    for fn in (lib.biodali_blosc_decode, lib.biodali_blosc_decode_range, lib.biodali_zarr_info, lib.biodali_zarr_read_region, lib.biodali_zarr_read_chunks,
                lib.biodali_decode_ceiling, lib.biodali_crc32c, lib.biodali_zarr_read_strings,
                lib.biodali_zarr_read_chunk_ranges, lib.biodali_zarr_time_chunk_range):
         fn.restype = c_int
@@ -183,6 +185,14 @@ def blosc_decode(frame: bytes, decoded_nbytes: int, impl: str = "auto") -> tuple
     _call(_lib().biodali_blosc_decode, src, len(frame), dst, decoded_nbytes, impl_code,
           ctypes.byref(used_fast))
     return dst.raw[:decoded_nbytes], bool(used_fast.value)
+
+
+def blosc_decode_range(frame: bytes, decoded_nbytes: int, byte_begin: int, nbytes: int) -> bytes:
+    """Bytes [byte_begin, byte_begin + nbytes) of a blosc frame, decoded as partial chunk reads do."""
+    src = ctypes.create_string_buffer(bytes(frame), len(frame))
+    dst = ctypes.create_string_buffer(max(nbytes, 1))
+    _call(_lib().biodali_blosc_decode_range, src, len(frame), decoded_nbytes, byte_begin, dst, nbytes)
+    return dst.raw[:nbytes]
 
 
 def crc32c(data: bytes, impl: str = "auto") -> int:
