@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -32,6 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_reader import _median, git_describe, machine_info  # noqa: E402  (one harness)
 
 
 def parse_args(argv=None):
@@ -198,26 +198,6 @@ def annbatch_check(args, out: Path, totals: dict) -> dict:
     return result
 
 
-def machine_info() -> dict:
-    mem = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            k, v = line.split(":", 1)
-            mem[k] = int(v.split()[0]) * 1024
-    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True,  # noqa: E731
-                                    text=True).stdout.strip()
-    return {"hostname": platform.node(), "cpus": os.cpu_count(), "mem_total_bytes": mem["MemTotal"],
-            "kernel": platform.release(), "python": platform.python_version(),
-            "git_commit": git("rev-parse", "HEAD"),
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "load_avg_at_start": os.getloadavg()}
-
-
-def _median(runs, key):
-    vals = [r[key] for r in runs]
-    return statistics.median(vals) if vals else None
-
-
 def render_markdown(report: dict) -> str:
     a = [r for r in report["runs"] if r["contender"] == "annbatch" and r["ok"]]
     b = [r for r in report["runs"] if r["contender"] == "biodali" and r["ok"]]
@@ -228,7 +208,7 @@ def render_markdown(report: dict) -> str:
              f"{report['totals']['rows']:,} cells in {len(report['inputs'])} h5ad inputs "
              f"({sum(report['input_bytes']) / 1e9:.1f} GB), dataset_size "
              f"{report['args']['dataset_size']}, biodali --max-memory "
-             f"{report['args']['max_memory']}; {report['machine']['cpus']} cores, "
+             f"{report['args']['max_memory']}; {report['machine']['nproc']} cores, "
              f"{report['machine']['mem_total_bytes'] / 2**30:.0f} GiB RAM; page cache dropped "
              f"before each run: {all(r['page_cache_dropped'] for r in report['runs'])}.", "",
              "| | runs | wall time (median) | per run | peak RSS, process tree (median) "
@@ -266,7 +246,7 @@ def main(argv=None) -> int:
     inputs = ensure_inputs(args)
     totals = input_totals(inputs)
     report = {"timestamp": datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine_info(),
-              "args": {k: str(v) for k, v in vars(args).items()}, "inputs": list(map(str, inputs)),
+              "git": git_describe(), "args": {k: str(v) for k, v in vars(args).items()}, "inputs": list(map(str, inputs)),
               "input_bytes": [p.stat().st_size for p in inputs], "totals": totals, "runs": [],
               "command": shlex.join([Path(sys.executable).name, *sys.argv])}
     args.results.mkdir(parents=True, exist_ok=True)
