@@ -39,12 +39,15 @@ void BloscCodec::DecodeInto(ConstBytes src, Bytes dst) const {
   CheckFrame(src, dst.size());
   if (dst.empty()) return;
   if (DecodeBloscLz4Frame(src, dst)) return;
-  DecodeWithCBlosc(src, dst);
+  DecompressCheckedFrame(src, dst);
 }
 
 void BloscCodec::DecodeWithCBlosc(ConstBytes src, Bytes dst) {
   CheckFrame(src, dst.size());
-  if (dst.empty()) return;
+  if (!dst.empty()) DecompressCheckedFrame(src, dst);
+}
+
+void BloscCodec::DecompressCheckedFrame(ConstBytes src, Bytes dst) {
   // The _ctx variant keeps its state on the stack, so concurrent calls are safe; one internal
   // thread because our own pool already decodes chunks in parallel.
   int decoded = blosc_decompress_ctx(src.data(), dst.data(), dst.size(), 1);
@@ -55,10 +58,8 @@ void BloscCodec::DecodeWithCBlosc(ConstBytes src, Bytes dst) {
 
 void BloscCodec::DecodeRangeInto(ConstBytes src, size_t decoded_nbytes, size_t byte_begin,
                                  Bytes dst) const {
-  size_t nbytes = CheckedDecodedNbytes(src);
-  if (nbytes != decoded_nbytes) {
-    throw Error(StrCat("blosc: frame decodes to ", nbytes, " bytes, expected ", decoded_nbytes));
-  }
+  CheckFrame(src, decoded_nbytes);
+  const size_t nbytes = decoded_nbytes;
   if (byte_begin > nbytes || dst.size() > nbytes - byte_begin) {
     throw Error(StrCat("blosc: byte range [", byte_begin, ", ", byte_begin + dst.size(),
                        ") is outside a frame of ", nbytes, " bytes"));

@@ -27,6 +27,8 @@ class BloscCodec final : public BytesToBytesCodec {
  private:
   // Validates the frame against its length and returns the decoded size from the header.
   static size_t CheckedDecodedNbytes(ConstBytes src);
+  // c-blosc's decompression of a frame CheckFrame has accepted for dst.
+  static void DecompressCheckedFrame(ConstBytes src, Bytes dst);
 };
 
 }  // namespace biodali::codecs

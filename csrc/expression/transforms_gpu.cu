@@ -374,23 +374,23 @@ void RankTokens(const Rows &rows, const float *medians, int64_t n_medians,
   CheckLaunch("rank_tokens");
   if (n > 0) {
     // Two stable passes give (key ascending, column ascending) whatever the input order.
-    size_t temp_nbytes = 0, pass_nbytes = 0;
     const int64_t *begin = rows.offsets, *end = rows.offsets + 1;
     int num_items = static_cast<int>(n);
-    CheckCuda(cub::DeviceSegmentedSort::StableSortPairs(nullptr, temp_nbytes, columns, columns_sorted, keys,
-                                                        keys_by_column, num_items, rows.num_rows, begin,
-                                                        end, stream), "rank_tokens sort");
-    CheckCuda(cub::DeviceSegmentedSort::StableSortPairs(nullptr, pass_nbytes, keys_by_column, keys,
-                                                        columns_sorted, columns, num_items, rows.num_rows,
-                                                        begin, end, stream), "rank_tokens sort");
+    // One segmented stable sort of (key, value) pairs per row; with temp == nullptr it only
+    // sizes its temporary storage.
+    auto sort_pass = [&](void *temp, size_t &temp_nbytes, const auto *keys_in, auto *keys_out,
+                         const auto *values_in, auto *values_out) {
+      CheckCuda(cub::DeviceSegmentedSort::StableSortPairs(temp, temp_nbytes, keys_in, keys_out, values_in,
+                                                          values_out, num_items, rows.num_rows, begin, end,
+                                                          stream), "rank_tokens sort");
+    };
+    size_t temp_nbytes = 0, pass_nbytes = 0;
+    sort_pass(nullptr, temp_nbytes, columns, columns_sorted, keys, keys_by_column);
+    sort_pass(nullptr, pass_nbytes, keys_by_column, keys, columns_sorted, columns);
     temp_nbytes = temp_nbytes > pass_nbytes ? temp_nbytes : pass_nbytes;
     void *temp = scratch.Allocate(temp_nbytes);
-    CheckCuda(cub::DeviceSegmentedSort::StableSortPairs(temp, temp_nbytes, columns, columns_sorted, keys,
-                                                        keys_by_column, num_items, rows.num_rows, begin,
-                                                        end, stream), "rank_tokens sort");
-    CheckCuda(cub::DeviceSegmentedSort::StableSortPairs(temp, temp_nbytes, keys_by_column, keys,
-                                                        columns_sorted, columns, num_items, rows.num_rows,
-                                                        begin, end, stream), "rank_tokens sort");
+    sort_pass(temp, temp_nbytes, columns, columns_sorted, keys, keys_by_column);
+    sort_pass(temp, temp_nbytes, keys_by_column, keys, columns_sorted, columns);
   }
   WriteTokensKernel<<<rows.num_rows, kBlock, 0, stream>>>(rows.offsets, columns, options, tokens, lengths);
   CheckLaunch("rank_tokens");
