@@ -1,6 +1,7 @@
 #include "dali_plugin/row_stream_reader.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <unordered_map>
 
@@ -15,6 +16,22 @@ dali::OpSpec WithoutLoaderShuffle(const dali::OpSpec &spec) {
   dali::OpSpec copy = spec;
   copy.SetArg("random_shuffle", false);
   return copy;
+}
+
+// The reader's output type per field: what the source outputs by default, `dtype` for the
+// matrix values. Windows hold the fields in these types, so outputs can share them.
+std::vector<DType> OutputDtypes(const dali::OpSpec &spec, const RowSource &source) {
+  std::vector<DType> dtypes;
+  for (const auto &f : source.fields()) dtypes.push_back(f.output_dtype);
+  dali::DALIDataType cast;
+  if (spec.TryGetArgument(cast, "dtype") && cast != ::DALI_NO_TYPE) dtypes[0] = FromDali(cast);
+  return dtypes;
+}
+
+std::shared_ptr<RowStream> MakeStream(const dali::OpSpec &spec, std::shared_ptr<const RowSource> source) {
+  StreamOptions options = StreamOptionsFromSpec(spec);
+  options.field_dtypes = OutputDtypes(spec, *source);
+  return std::make_shared<RowStream>(std::move(source), std::move(options));
 }
 
 }  // namespace
@@ -40,12 +57,11 @@ StreamOptions StreamOptionsFromSpec(const dali::OpSpec &spec) {
 
 RowStreamReader::RowStreamReader(const dali::OpSpec &spec, std::shared_ptr<const RowSource> source)
     : DataReader(spec),
-      stream_(std::make_shared<RowStream>(std::move(source), StreamOptionsFromSpec(spec))),
+      stream_(MakeStream(spec, std::move(source))),
       fields_(stream_->source().fields()),
+      output_dtypes_(stream_->options().field_dtypes),
+      batch_pool_(std::make_shared<WindowPool>(std::numeric_limits<int>::max())),
       return_row_index_(spec.GetArgument<bool>("return_row_index")) {
-  for (const auto &f : fields_) output_dtypes_.push_back(f.output_dtype);
-  dali::DALIDataType cast;
-  if (spec.TryGetArgument(cast, "dtype") && cast != ::DALI_NO_TYPE) output_dtypes_[0] = FromDali(cast);
   loader_ = dali::InitLoader<RowStreamLoader>(spec, stream_);
   this->SetInitialSnapshot();
 }
@@ -65,42 +81,47 @@ void RowStreamReader::ReleaseWindows(std::vector<std::shared_ptr<RowSample>> &ba
 void RowStreamReader::Prefetch() {
   // Samples of the slot about to be refilled go back to the Loader's pool: make sure they do
   // not carry window references there.
-  ReleaseWindows(prefetched_batch_queue_[curr_batch_producer_]);
+  auto &batch = prefetched_batch_queue_[curr_batch_producer_];
+  ReleaseWindows(batch);
   DataReader::Prefetch();
+  for (auto &sample : batch)  // a padded batch repeats its last sample: resolved once
+    if (!sample->ref.window) sample->ref = stream_->Resolve(sample->position);
 }
 
-bool RowStreamReader::SetupImpl(std::vector<dali::OutputDesc> &output_desc, const dali::Workspace &ws) {
-  DataReader::SetupImpl(output_desc, ws);
+bool RowStreamReader::SharesWindow() const {
   const auto &batch = GetCurrBatch();
-  const int batch_size = static_cast<int>(batch.size());
-  const int num_outputs = static_cast<int>(fields_.size()) + (return_row_index_ ? 1 : 0);
-  output_desc.resize(num_outputs);
-  for (size_t f = 0; f < fields_.size(); ++f) {
-    const FieldSpec &field = fields_[f];
-    dali::TensorListShape<> shape;
-    if (field.ragged) {
-      shape.resize(batch_size, 1);
-      for (int i = 0; i < batch_size; ++i) {
-        const RowRef &ref = batch[i]->ref;
-        const auto &offsets = ref.window->fields[f].offsets;
-        shape.tensor_shape_span(i)[0] = offsets[ref.slot + 1] - offsets[ref.slot];
-      }
-    } else {
-      dali::TensorShape<> row_shape;
-      row_shape.resize(static_cast<int>(field.row_shape.size()));
-      for (size_t d = 0; d < field.row_shape.size(); ++d) row_shape[d] = field.row_shape[d];
-      shape = dali::uniform_list_shape(batch_size, row_shape);
-    }
-    output_desc[f] = {shape, ToDali(output_dtypes_[f])};
+  const RowRef &first = batch.front()->ref;
+  const int64_t batch_size = static_cast<int64_t>(batch.size());
+  if (first.slot + batch_size >= first.window->num_slots()) return false;
+  for (int64_t i = 1; i < batch_size; ++i) {
+    const RowRef &ref = batch[i]->ref;
+    if (ref.window != first.window || ref.slot != first.slot + i) return false;
   }
-  if (return_row_index_)
-    output_desc.back() = {dali::uniform_list_shape(batch_size, dali::TensorShape<>{}), ::DALI_INT64};
   return true;
 }
 
-void RowStreamReader::RunImpl(dali::Workspace &ws) {
+std::shared_ptr<const Window> RowStreamReader::GatherRows(dali::Workspace &ws) {
   const auto &batch = GetCurrBatch();
   const int batch_size = static_cast<int>(batch.size());
+  std::shared_ptr<Window> out = batch_pool_->Acquire([] { return false; }, [] { return true; });
+  out->rows.resize(batch_size);
+  out->fields.resize(fields_.size());
+  for (size_t f = 0; f < fields_.size(); ++f) {
+    FieldData &field = out->fields[f];
+    field.dtype = output_dtypes_[f];
+    int64_t elements = int64_t{batch_size} * fields_[f].RowElements();
+    if (fields_[f].ragged) {
+      field.offsets.resize(batch_size + 1);
+      field.offsets[0] = 0;
+      for (int i = 0; i < batch_size; ++i) {
+        const RowRef &ref = batch[i]->ref;
+        const auto &offsets = ref.window->fields[f].offsets;
+        field.offsets[i + 1] = field.offsets[i] + offsets[ref.slot + 1] - offsets[ref.slot];
+      }
+      elements = field.offsets.back();
+    }
+    field.data.Resize(elements * DTypeSize(field.dtype));
+  }
   auto &pool = ws.GetThreadPool();
   // A task per range of samples: enough tasks to balance, few enough to keep overhead low.
   const int num_tasks = std::min(batch_size, pool.NumThreads() * 8);
@@ -110,31 +131,75 @@ void RowStreamReader::RunImpl(dali::Workspace &ws) {
     pool.AddWork([&, begin, end](int) {
       for (int i = begin; i < end; ++i) {
         const RowRef &ref = batch[i]->ref;
+        out->rows[i] = ref.row;
         for (size_t f = 0; f < fields_.size(); ++f) {
-          const FieldSpec &field = fields_[f];
-          const FieldData &data = ref.window->fields[f];
-          int64_t first, count;
-          if (field.ragged) {
-            first = data.offsets[ref.slot];
-            count = data.offsets[ref.slot + 1] - first;
+          const FieldData &src = ref.window->fields[f];
+          FieldData &dst = out->fields[f];
+          int64_t src_first, dst_first, count;
+          if (fields_[f].ragged) {
+            src_first = src.offsets[ref.slot];
+            count = src.offsets[ref.slot + 1] - src_first;
+            dst_first = dst.offsets[i];
           } else {
-            count = field.RowElements();
-            first = ref.slot * count;
+            count = fields_[f].RowElements();
+            src_first = ref.slot * count;
+            dst_first = i * count;
           }
-          auto &out = ws.Output<dali::CPUBackend>(static_cast<int>(f));
-          StreamElements(data.data.data() + first * DTypeSize(field.dtype), field.dtype,
-                         out.raw_mutable_tensor(i), output_dtypes_[f], count);
-        }
-        if (return_row_index_) {
-          auto &out = ws.Output<dali::CPUBackend>(static_cast<int>(fields_.size()));
-          *static_cast<int64_t *>(out.raw_mutable_tensor(i)) = ref.row;
+          const size_t item = DTypeSize(src.dtype);
+          StreamElements(src.data.data() + src_first * item, src.dtype, dst.data.data() + dst_first * item,
+                         dst.dtype, count);
         }
       }
     }, end - begin);
   }
   pool.RunAll();
-  // The rows are copied out: release their windows now, since the stream cannot load the next
-  // window while 1 + prefetch_windows are referenced.
+  return out;
+}
+
+void RowStreamReader::ShareWindow(dali::Workspace &ws, const std::shared_ptr<const Window> &window,
+                                  int64_t first_slot) {
+  const int batch_size = GetCurrBatchSize();
+  // Each output aliases the window: the window returns to its pool when the last output
+  // sharing it is released.
+  auto share = [&](int output, const std::byte *data, const dali::TensorListShape<> &shape, DType dtype) {
+    auto &out = ws.Output<dali::CPUBackend>(output);
+    std::shared_ptr<void> memory(window, const_cast<std::byte *>(data));
+    out.ShareData(std::move(memory), shape.num_elements() * DTypeSize(dtype), /*pinned=*/false, shape,
+                  ToDali(dtype), out.device_id(), dali::AccessOrder::host());
+  };
+  for (size_t f = 0; f < fields_.size(); ++f) {
+    const FieldData &data = window->fields[f];
+    dali::TensorListShape<> shape;
+    int64_t first_element;
+    if (fields_[f].ragged) {
+      shape.resize(batch_size, 1);
+      for (int i = 0; i < batch_size; ++i)
+        shape.tensor_shape_span(i)[0] = data.offsets[first_slot + i + 1] - data.offsets[first_slot + i];
+      first_element = data.offsets[first_slot];
+    } else {
+      dali::TensorShape<> row_shape;
+      row_shape.resize(static_cast<int>(fields_[f].row_shape.size()));
+      for (size_t d = 0; d < fields_[f].row_shape.size(); ++d) row_shape[d] = fields_[f].row_shape[d];
+      shape = dali::uniform_list_shape(batch_size, row_shape);
+      first_element = first_slot * fields_[f].RowElements();
+    }
+    share(static_cast<int>(f), data.data.data() + first_element * DTypeSize(data.dtype), shape, data.dtype);
+  }
+  if (return_row_index_) {
+    share(static_cast<int>(fields_.size()), reinterpret_cast<const std::byte *>(window->rows.data() + first_slot),
+          dali::uniform_list_shape(batch_size, dali::TensorShape<>{}), DType::kInt64);
+  }
+}
+
+void RowStreamReader::RunImpl(dali::Workspace &ws) {
+  if (SharesWindow()) {
+    const RowRef &first = GetCurrBatch().front()->ref;
+    ShareWindow(ws, first.window, first.slot);
+  } else {
+    ShareWindow(ws, GatherRows(ws), 0);
+  }
+  // The samples' references are no longer needed (outputs hold their own): release them now,
+  // since the stream cannot load the next window while 1 + prefetch_windows are referenced.
   ReleaseWindows(GetCurrBatch());
 }
 
@@ -149,9 +214,11 @@ of a block stay contiguous on disk, so larger blocks read faster and shuffle coa
 ``preload_nchunks``); rows are shuffled within a window. Window = chunk_size x preload_chunks rows,
 the unit of I/O and of memory.)", 32)
     .AddOptionalArg("num_io_threads", "I/O and decode threads of this reader (0: one per core).", 0)
-    .AddOptionalArg("prefetch_windows", R"(Windows loaded ahead of the one being consumed. Memory
-held by the reader is about (1 + prefetch_windows) windows plus the rows of the batches in
-DALI's prefetch queue.)", 1)
+    .AddOptionalArg("prefetch_windows", R"(Windows loaded ahead of the one being consumed. Outputs
+share the windows' memory (no copy) except the batch that ends a window, which is copied so the
+window can be reused at once. Memory held by the reader: (1 + prefetch_windows) windows plus
+the copied batches still held (usually one); a window is kept longer, and one more loaded,
+while outputs inside it are held.)", 1)
     .AddOptionalArg("return_row_index", R"(Add a last output: the int64 0-based row position in
 the concatenation of all inputs.)", false)
     .AddOptionalTypeArg("dtype", "Cast the matrix values (sparse values or dense rows) to this type.")

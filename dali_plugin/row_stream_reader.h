@@ -1,6 +1,11 @@
 // DALI glue shared by every biodali reader: a DataReader whose Loader pulls rows from a
-// biodali::RowStream (sampler + I/O engine in csrc/), and copies them into outputs.
-// A reader for a new data kind only builds its RowSource and declares its schema.
+// biodali::RowStream (sampler + I/O engine in csrc/). A batch of consecutive rows of one
+// window (the usual case) is output without a copy: each output shares the window's memory,
+// which stays alive until DALI and the user drop the output. The batch that ends a window is
+// copied instead, so that the window goes back to the stream as soon as its rows are out, not
+// when the user drops that batch (which would keep a third window alive, loading the next
+// while the user holds the last one); so are batches across windows or padded. A reader for a
+// new data kind only builds its RowSource and declares its schema.
 #pragma once
 
 #include <memory>
@@ -15,8 +20,12 @@
 
 namespace biodali::plugin {
 
+// A sample is a stream position when the Loader reads it, and gets its row (window and
+// slot) when its batch is complete: the Loader reads one sample ahead, and resolving that one
+// at once would hold the batch back until the next window is loaded.
 struct RowSample {
-  RowRef ref;
+  RowPosition position;
+  RowRef ref;  // set once the sample's batch is prefetched
 };
 
 // DALI's Loader does sharding, padding, epoch accounting and checkpoint snapshots; the order
@@ -26,7 +35,10 @@ class RowStreamLoader : public dali::Loader<dali::CPUBackend, RowSample, true> {
  public:
   RowStreamLoader(const dali::OpSpec &spec, std::shared_ptr<RowStream> stream);
   void PrepareEmpty(RowSample &) override {}  // no per-sample pre-allocation: rows are views
-  void ReadSample(RowSample &sample) override { sample.ref = stream_->Next(); }
+  void ReadSample(RowSample &sample) override {
+    sample.position = stream_->NextPosition();
+    sample.ref = {};
+  }
   void Skip() override { stream_->Skip(); }
 
  protected:
@@ -49,14 +61,25 @@ class RowStreamReader : public dali::DataReader<dali::CPUBackend, RowSample, Row
 
  protected:
   void Prefetch() override;
-  bool SetupImpl(std::vector<dali::OutputDesc> &output_desc, const dali::Workspace &ws) override;
   void RunImpl(dali::Workspace &ws) override;
+  // Both ways of filling outputs leave each one contiguous.
+  bool HasContiguousOutputs() const override { return true; }
 
  private:
   static void ReleaseWindows(std::vector<std::shared_ptr<RowSample>> &batch);
+  // True when the batch is consecutive slots of one window that are not its last.
+  bool SharesWindow() const;
+  // The batch's rows copied into a window of their own (from batch_pool_), in batch order.
+  std::shared_ptr<const Window> GatherRows(dali::Workspace &ws);
+  // Points every output at rows [first_slot, first_slot + batch size) of `window`.
+  void ShareWindow(dali::Workspace &ws, const std::shared_ptr<const Window> &window, int64_t first_slot);
+
   std::shared_ptr<RowStream> stream_;
   std::vector<FieldSpec> fields_;
-  std::vector<DType> output_dtypes_;  // per field (after the optional cast)
+  std::vector<DType> output_dtypes_;  // per field (after the optional cast), as windows hold them
+  // Buffers of copied batches, reused once DALI and the user release them (as many as are
+  // held at once: about one).
+  std::shared_ptr<WindowPool> batch_pool_;
   bool return_row_index_ = false;
 };
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <type_traits>
 #include <unordered_map>
 
@@ -81,19 +82,35 @@ void CheckIndicesAny(const std::byte *p, DType dtype, int64_t n, int64_t num_col
   }
 }
 
-// One chunk of one stored 1-D array and the pieces of it a window needs.
+// One chunk of one stored 1-D array and the pieces of it a window needs: each piece is one
+// row's elements within the chunk (a row crossing a chunk boundary has a piece in each),
+// bound for that row's slot.
 struct Piece {
   int64_t chunk_offset;  // first element within the chunk
   int64_t num_elements;
-  std::byte *dst;
+  int64_t dst_element;  // first element in the window's field
 };
 struct ChunkTask {
   const zarr::Array *array;
-  bool is_indices;
+  int field;  // 0: values, 1: indices
   int64_t num_cols;
   int64_t chunk;
-  std::vector<Piece> pieces;
+  std::vector<Piece> pieces;  // ascending chunk_offset; a row's pieces follow its predecessor's
 };
+
+// Calls f(begin, end) for each maximal run of adjacent pieces (consecutive rows).
+template <typename F>
+void ForEachSpan(const std::vector<Piece> &pieces, F &&f) {
+  for (size_t i = 0; i < pieces.size();) {
+    int64_t begin = pieces[i].chunk_offset, end = begin + pieces[i].num_elements;
+    for (++i; i < pieces.size() && pieces[i].chunk_offset == end; ++i) end += pieces[i].num_elements;
+    f(begin, end);
+  }
+}
+
+// Dense rows are read a run at a time into scratch and scattered to their slots; runs longer
+// than this are split (only rows bigger than this are read one by one).
+constexpr size_t kDenseScratchNbytes = size_t{32} << 20;
 
 }  // namespace
 
@@ -148,80 +165,75 @@ AnnDataSource::AnnDataSource(const AnnDataSourceOptions &options) {
   for (const auto &col : first.obs) fields_.push_back({col.name, col.dtype, false, {}, col.dtype});
 }
 
-std::vector<AnnDataSource::Run> AnnDataSource::MakeRuns(const std::vector<int64_t> &sorted_rows) const {
-  std::vector<Run> runs;
+AnnDataSource::RowPlan AnnDataSource::PlanRows(const std::vector<int64_t> &rows) const {
+  RowPlan plan;
+  plan.slots.resize(rows.size());
+  std::iota(plan.slots.begin(), plan.slots.end(), int64_t{0});
+  std::sort(plan.slots.begin(), plan.slots.end(), [&](int64_t a, int64_t b) { return rows[a] < rows[b]; });
   int group = 0;
-  for (size_t slot = 0; slot < sorted_rows.size(); ++slot) {
-    int64_t row = sorted_rows[slot];
+  for (size_t i = 0; i < plan.slots.size(); ++i) {
+    int64_t row = rows[plan.slots[i]];
     while (row >= row_starts_[group + 1]) ++group;
     int64_t local = row - row_starts_[group];
-    if (!runs.empty() && runs.back().group == group && runs.back().row_end == local) {
-      ++runs.back().row_end;
+    if (!plan.runs.empty() && plan.runs.back().group == group && plan.runs.back().row_end == local) {
+      ++plan.runs.back().row_end;
     } else {
-      runs.push_back({group, local, local + 1, static_cast<int64_t>(slot)});
+      plan.runs.push_back({group, local, local + 1, static_cast<int64_t>(i)});
     }
   }
-  return runs;
+  return plan;
 }
 
 void AnnDataSource::Load(ThreadPool &pool, Window &window) const {
-  window.fields.resize(fields_.size());
-  std::vector<Run> runs = MakeRuns(window.rows);
+  RowPlan plan = PlanRows(window.rows);
   if (kind() == MatrixKind::kCsr) {
-    LoadCsr(window, runs, pool);
+    LoadCsr(window, plan, pool);
   } else {
-    LoadDense(window, runs, pool);
+    LoadDense(window, plan, pool);
   }
-  LoadObs(window, runs);
+  LoadObs(window, plan);
 }
 
-void AnnDataSource::LoadCsr(Window &window, const std::vector<Run> &runs, ThreadPool &pool) const {
+void AnnDataSource::LoadCsr(Window &window, const RowPlan &plan, ThreadPool &pool) const {
   const int64_t num_slots = window.num_slots();
   FieldData &values = window.fields[0];
   FieldData &indices = window.fields[1];
   std::vector<int64_t> &offsets = values.offsets;
-  offsets.resize(num_slots + 1);
-  offsets[0] = 0;
-  for (const Run &run : runs) {
+  offsets.assign(num_slots + 1, 0);
+  for (const Run &run : plan.runs) {
     const auto &indptr = groups_[run.group].indptr;
-    for (int64_t r = run.row_begin; r < run.row_end; ++r) {
-      int64_t slot = run.slot_begin + (r - run.row_begin);
-      offsets[slot + 1] = offsets[slot] + (indptr[r + 1] - indptr[r]);
-    }
+    for (int64_t r = run.row_begin; r < run.row_end; ++r)
+      offsets[plan.slots[run.first + (r - run.row_begin)] + 1] = indptr[r + 1] - indptr[r];
   }
+  std::partial_sum(offsets.begin(), offsets.end(), offsets.begin());
   indices.offsets = offsets;
   const int64_t nnz = offsets.back();
-  const size_t value_size = DTypeSize(fields_[0].dtype);
-  const size_t index_size = DTypeSize(fields_[1].dtype);
-  values.data.Resize(nnz * value_size);
-  indices.data.Resize(nnz * index_size);
+  values.data.Resize(nnz * DTypeSize(values.dtype));
+  indices.data.Resize(nnz * DTypeSize(indices.dtype));
 
-  // Plan: for each (array, chunk) the pieces the runs need; runs are in row order, so the
-  // chunks of one array come in ascending order and pieces of one chunk are adjacent.
+  // Plan: for each (array, chunk) the pieces the rows need. Runs are in row order, so the
+  // chunks of one array come in ascending order and the pieces of one chunk are adjacent.
   std::vector<ChunkTask> tasks;
   std::unordered_map<const zarr::Array *, size_t> last_task;  // chunks of one array ascend
-  for (const Run &run : runs) {
+  for (const Run &run : plan.runs) {
     const AnnDataGroup &g = groups_[run.group];
-    int64_t e_begin = g.indptr[run.row_begin], e_end = g.indptr[run.row_end];
-    int64_t dst_element = offsets[run.slot_begin];
-    for (int which = 0; which < 2; ++which) {
-      const zarr::Array *array = which == 0 ? g.data.get() : g.indices.get();
-      std::byte *dst_base = which == 0 ? values.data.data() + dst_element * value_size
-                                       : indices.data.data() + dst_element * index_size;
-      size_t dst_size = which == 0 ? value_size : index_size;
-      int64_t chunk_elements = array->metadata().read_chunk_shape[0];
-      for (int64_t e = e_begin; e < e_end;) {
-        int64_t chunk = e / chunk_elements;
-        int64_t chunk_end = std::min(e_end, (chunk + 1) * chunk_elements);
-        Piece piece{e - chunk * chunk_elements, chunk_end - e,
-                    dst_base + (e - e_begin) * dst_size};
-        auto last = last_task.find(array);
-        if (last == last_task.end() || tasks[last->second].chunk != chunk) {
-          tasks.push_back({array, which == 1, g.row_shape[0], chunk, {}});
-          last_task[array] = tasks.size() - 1;
+    for (int field = 0; field < 2; ++field) {
+      const zarr::Array *array = field == 0 ? g.data.get() : g.indices.get();
+      const int64_t chunk_elements = array->metadata().read_chunk_shape[0];
+      size_t &task = last_task.try_emplace(array, SIZE_MAX).first->second;
+      for (int64_t r = run.row_begin; r < run.row_end; ++r) {
+        int64_t dst = offsets[plan.slots[run.first + (r - run.row_begin)]];
+        for (int64_t e = g.indptr[r], e_end = g.indptr[r + 1]; e < e_end;) {
+          int64_t chunk = e / chunk_elements;
+          int64_t piece_end = std::min(e_end, (chunk + 1) * chunk_elements);
+          if (task == SIZE_MAX || tasks[task].chunk != chunk) {
+            tasks.push_back({array, field, g.row_shape[0], chunk, {}});
+            task = tasks.size() - 1;
+          }
+          tasks[task].pieces.push_back({e - chunk * chunk_elements, piece_end - e, dst});
+          dst += piece_end - e;
+          e = piece_end;
         }
-        tasks[last_task[array]].pieces.push_back(piece);
-        e = chunk_end;
       }
     }
   }
@@ -230,66 +242,86 @@ void AnnDataSource::LoadCsr(Window &window, const std::vector<Run> &runs, Thread
     const ChunkTask &task = tasks[t];
     const auto &meta = task.array->metadata();
     const int64_t chunk_elements = meta.read_chunk_shape[0];
-    const DType dst_dtype = fields_[task.is_indices ? 1 : 0].dtype;
     const size_t item = DTypeSize(meta.dtype);
+    FieldData &field = window.fields[task.field];
+    // A chunk is decoded into this thread's scratch, which stays in cache, and its rows are
+    // scattered to their slots from there: the window's memory is written once, by streaming
+    // stores, and never read back before the consumer reads it.
     thread_local ByteBuffer scratch;
+    scratch.Resize(chunk_elements * item);
     int64_t needed = 0;
     for (const Piece &piece : task.pieces) needed += piece.num_elements;
-    if (task.pieces.size() == 1 && needed == chunk_elements && meta.dtype == dst_dtype) {
-      // The window needs the whole chunk in its stored type: decode straight into place.
-      task.array->DecodeReadChunk({&task.chunk, 1}, {task.pieces[0].dst, chunk_elements * item});
-    } else if (task.array->SupportsPartialDecode() && needed * 4 < chunk_elements * 3) {
-      // Blosc decompresses block by block: decode only the blocks the pieces need (small
+    if (task.array->SupportsPartialDecode() && needed * 4 < chunk_elements * 3) {
+      // Blosc decompresses block by block: decode only the blocks the spans need (small
       // blocks of rows often need half a chunk or less).
-      for (const Piece &piece : task.pieces) {
-        if (meta.dtype == dst_dtype) {
-          task.array->DecodeReadChunkRange(task.chunk, piece.chunk_offset, piece.num_elements, piece.dst);
-        } else {
-          scratch.Resize(piece.num_elements * item);
-          task.array->DecodeReadChunkRange(task.chunk, piece.chunk_offset, piece.num_elements, scratch.data());
-          ConvertElements(scratch.data(), meta.dtype, piece.dst, dst_dtype, piece.num_elements);
-        }
-      }
+      ForEachSpan(task.pieces, [&](int64_t begin, int64_t end) {
+        task.array->DecodeReadChunkRange(task.chunk, begin, end - begin, scratch.data() + begin * item);
+      });
     } else {
-      scratch.Resize(chunk_elements * item);
       task.array->DecodeReadChunk({&task.chunk, 1}, {scratch.data(), chunk_elements * item});
-      for (const Piece &piece : task.pieces)
-        ConvertElements(scratch.data() + piece.chunk_offset * item, meta.dtype, piece.dst, dst_dtype,
-                        piece.num_elements);
     }
-    if (task.is_indices) {
-      for (const Piece &piece : task.pieces)
-        CheckIndicesAny(piece.dst, dst_dtype, piece.num_elements, task.num_cols, *task.array,
-                        task.chunk * chunk_elements + piece.chunk_offset);
+    if (task.field == 1) {
+      ForEachSpan(task.pieces, [&](int64_t begin, int64_t end) {
+        CheckIndicesAny(scratch.data() + begin * item, meta.dtype, end - begin, task.num_cols,
+                        *task.array, task.chunk * chunk_elements + begin);
+      });
     }
+    const size_t dst_item = DTypeSize(field.dtype);
+    for (const Piece &piece : task.pieces)
+      StreamElements(scratch.data() + piece.chunk_offset * item, meta.dtype,
+                     field.data.data() + piece.dst_element * dst_item, field.dtype, piece.num_elements);
   });
 }
 
-void AnnDataSource::LoadDense(Window &window, const std::vector<Run> &runs, ThreadPool &pool) const {
-  const FieldSpec &spec = fields_[0];
-  const int64_t row_elements = spec.RowElements();
-  const size_t row_nbytes = row_elements * DTypeSize(spec.dtype);
-  window.fields[0].data.Resize(window.num_slots() * row_nbytes);
-  std::byte *base = window.fields[0].data.data();
-  pool.ParallelFor(static_cast<int64_t>(runs.size()), [&](int64_t i) {
-    const Run &run = runs[i];
-    const zarr::Array &array = *groups_[run.group].dense;
+void AnnDataSource::LoadDense(Window &window, const RowPlan &plan, ThreadPool &pool) const {
+  FieldData &field = window.fields[0];
+  const int64_t row_elements = fields_[0].RowElements();
+  const DType stored = fields_[0].dtype;
+  const size_t stored_row_nbytes = row_elements * DTypeSize(stored);
+  const size_t row_nbytes = row_elements * DTypeSize(field.dtype);
+  field.data.Resize(window.num_slots() * row_nbytes);
+  // Pieces of runs: within one band of chunk rows (so a piece decodes each chunk once) and
+  // within the scratch bound.
+  const int64_t max_rows = std::max<int64_t>(1, kDenseScratchNbytes / std::max<size_t>(1, stored_row_nbytes));
+  struct DensePiece {
+    int group;
+    int64_t row_begin, row_end, first;
+  };
+  std::vector<DensePiece> pieces;
+  for (const Run &run : plan.runs) {
+    const int64_t band = groups_[run.group].dense->metadata().read_chunk_shape[0];
+    for (int64_t r = run.row_begin; r < run.row_end;) {
+      int64_t end = std::min({run.row_end, (r / band + 1) * band, r + max_rows});
+      pieces.push_back({run.group, r, end, run.first + (r - run.row_begin)});
+      r = end;
+    }
+  }
+  pool.ParallelFor(static_cast<int64_t>(pieces.size()), [&](int64_t i) {
+    const DensePiece &piece = pieces[i];
+    const zarr::Array &array = *groups_[piece.group].dense;
     std::vector<int64_t> start(array.metadata().shape.size(), 0), count = array.metadata().shape;
-    start[0] = run.row_begin;
-    count[0] = run.row_end - run.row_begin;
-    array.ReadRegion(start, count, base + run.slot_begin * row_nbytes);
+    start[0] = piece.row_begin;
+    count[0] = piece.row_end - piece.row_begin;
+    thread_local ByteBuffer scratch;
+    scratch.Resize(count[0] * stored_row_nbytes);
+    array.ReadRegion(start, count, scratch.data());
+    for (int64_t k = 0; k < count[0]; ++k)
+      StreamElements(scratch.data() + k * stored_row_nbytes, stored,
+                     field.data.data() + plan.slots[piece.first + k] * row_nbytes, field.dtype, row_elements);
   });
 }
 
-void AnnDataSource::LoadObs(Window &window, const std::vector<Run> &runs) const {
+void AnnDataSource::LoadObs(Window &window, const RowPlan &plan) const {
   for (size_t c = 0; c < groups_.front().obs.size(); ++c) {
     FieldData &field = window.fields[num_matrix_fields_ + c];
-    const size_t item = DTypeSize(fields_[num_matrix_fields_ + c].dtype);
-    field.data.Resize(window.num_slots() * item);
-    for (const Run &run : runs) {
-      const ObsColumn &col = groups_[run.group].obs[c];
-      std::memcpy(field.data.data() + run.slot_begin * item,
-                  col.values.data() + run.row_begin * item, (run.row_end - run.row_begin) * item);
+    const DType stored = fields_[num_matrix_fields_ + c].dtype;
+    const size_t item = DTypeSize(stored), dst_item = DTypeSize(field.dtype);
+    field.data.Resize(window.num_slots() * dst_item);
+    for (const Run &run : plan.runs) {
+      const std::byte *column = groups_[run.group].obs[c].values.data();
+      for (int64_t r = run.row_begin; r < run.row_end; ++r)
+        ConvertElements(column + r * item, stored, field.data.data() + plan.slots[run.first + (r - run.row_begin)] * dst_item,
+                        field.dtype, 1);
     }
   }
 }

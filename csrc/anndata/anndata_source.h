@@ -30,15 +30,21 @@ class AnnDataSource final : public RowSource {
   const std::vector<AnnDataGroup> &groups() const { return groups_; }
 
  private:
-  struct Run {  // consecutive rows of one group
+  // Consecutive rows of one group; row row_begin + k goes to window slot slots[first + k] of
+  // the RowPlan that holds the run.
+  struct Run {
     int group;
     int64_t row_begin, row_end;  // local to the group
-    int64_t slot_begin;
+    int64_t first;
   };
-  std::vector<Run> MakeRuns(const std::vector<int64_t> &sorted_rows) const;
-  void LoadCsr(Window &window, const std::vector<Run> &runs, ThreadPool &pool) const;
-  void LoadDense(Window &window, const std::vector<Run> &runs, ThreadPool &pool) const;
-  void LoadObs(Window &window, const std::vector<Run> &runs) const;
+  struct RowPlan {
+    std::vector<int64_t> slots;  // the window's slots, ordered by their row
+    std::vector<Run> runs;       // in row order
+  };
+  RowPlan PlanRows(const std::vector<int64_t> &rows) const;
+  void LoadCsr(Window &window, const RowPlan &plan, ThreadPool &pool) const;
+  void LoadDense(Window &window, const RowPlan &plan, ThreadPool &pool) const;
+  void LoadObs(Window &window, const RowPlan &plan) const;
 
   std::vector<AnnDataGroup> groups_;
   std::vector<int64_t> row_starts_;  // global row of each group's first row, + total

@@ -1,15 +1,20 @@
 #include "engine/row_stream.h"
 
 #include <algorithm>
-#include <numeric>
 
 #include "common/error.h"
 
 namespace biodali {
 namespace {
 
-StreamOptions Normalized(StreamOptions options) {
+StreamOptions Normalized(StreamOptions options, const RowSource &source) {
   options.prefetch_windows = std::max(1, options.prefetch_windows);
+  const auto &fields = source.fields();
+  if (options.field_dtypes.empty())
+    for (const auto &f : fields) options.field_dtypes.push_back(f.output_dtype);
+  if (options.field_dtypes.size() != fields.size())
+    throw Error(StrCat("field_dtypes has ", options.field_dtypes.size(), " types for ", fields.size(),
+                       " fields"));
   return options;
 }
 
@@ -23,8 +28,8 @@ int DefaultThreads(int requested) {
 
 RowStream::RowStream(std::shared_ptr<const RowSource> source, StreamOptions options)
     : source_(std::move(source)),
-      options_(Normalized(options)),
-      pool_(DefaultThreads(options.num_io_threads)),
+      options_(Normalized(std::move(options), *source_)),
+      pool_(DefaultThreads(options_.num_io_threads)),
       window_pool_(std::make_shared<WindowPool>(1 + options_.prefetch_windows)) {
   const auto &shard = options_.shard;
   if (shard.num_shards < 1 || shard.shard_id < 0 || shard.shard_id >= shard.num_shards)
@@ -58,12 +63,16 @@ void RowStream::Advance() {
 
 void RowStream::Skip() { Advance(); }
 
-RowRef RowStream::Next() {
-  if (!has_current_ || !current_.Contains(epoch_, position_)) AcquireWindowFor(epoch_, position_);
-  int64_t slot = current_.slot_of_position[position_ - current_.first_position];
-  RowRef ref{current_.window, slot, current_.window->rows[slot]};
+RowPosition RowStream::NextPosition() {
+  RowPosition next{epoch_, position_};
   Advance();
-  return ref;
+  return next;
+}
+
+RowRef RowStream::Resolve(const RowPosition &p) {
+  if (!has_current_ || !current_.Contains(p.epoch, p.position)) AcquireWindowFor(p.epoch, p.position);
+  int64_t slot = p.position - current_.first_position;
+  return {current_.window, slot, current_.window->rows[slot]};
 }
 
 void RowStream::AcquireWindowFor(int64_t epoch, int64_t position) {
@@ -75,6 +84,7 @@ void RowStream::AcquireWindowFor(int64_t epoch, int64_t position) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
       consumer_starved_ = queue_.empty();
+      if (consumer_starved_) window_pool_->Wake();
       queue_changed_.wait(lock, [&] { return !queue_.empty() || producer_done_; });
       consumer_starved_ = false;
       if (queue_.empty()) {
@@ -153,11 +163,8 @@ void RowStream::ProducerLoop(int64_t epoch, int64_t position) {
       LoadedWindow loaded;
       loaded.epoch = epoch;
       loaded.first_position = wp.first_position;
-      std::vector<int32_t> order(wp.rows.size());
-      std::iota(order.begin(), order.end(), 0);
-      std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return wp.rows[a] < wp.rows[b]; });
-      // Blocks while 1 + prefetch_windows windows are alive (held here or by rows not yet
-      // copied out): the memory bound.
+      // Blocks while 1 + prefetch_windows windows are alive (held here, by rows not yet handed
+      // out, or by outputs sharing their memory): the memory bound.
       std::shared_ptr<Window> window_data = window_pool_->Acquire(
           [this] {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -165,12 +172,10 @@ void RowStream::ProducerLoop(int64_t epoch, int64_t position) {
           },
           [this] { return consumer_starved_.load(); });
       if (!window_data) break;
-      window_data->rows.resize(wp.rows.size());
-      loaded.slot_of_position.resize(wp.rows.size());
-      for (size_t slot = 0; slot < order.size(); ++slot) {
-        window_data->rows[slot] = wp.rows[order[slot]];
-        loaded.slot_of_position[order[slot]] = static_cast<int32_t>(slot);
-      }
+      window_data->rows = std::move(wp.rows);
+      window_data->fields.resize(options_.field_dtypes.size());
+      for (size_t f = 0; f < options_.field_dtypes.size(); ++f)
+        window_data->fields[f].dtype = options_.field_dtypes[f];
       source_->Load(pool_, *window_data);
       loaded.window = std::move(window_data);
       {

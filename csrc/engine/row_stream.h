@@ -2,9 +2,10 @@
 // on the reader's own I/O threads while the consumer works.
 //
 // Memory: at most 1 + prefetch_windows windows exist at once, counting those still referenced by
-// rows handed out: the producer waits for one to be released before loading the next. Only when
-// the consumer is starved (a batch spans more windows than that, e.g. small windows clipped at
-// shard ends) does it load one more.
+// rows handed out or by reader outputs sharing a window's memory: the producer waits for one
+// to be released before loading the next. Only when the consumer is starved (it needs a new
+// window while all are referenced: a batch spans more windows than that, or the caller still
+// holds outputs of an earlier window) does it load one more.
 #pragma once
 
 #include <atomic>
@@ -28,11 +29,19 @@ struct StreamOptions {
   ShardOptions shard;
   int num_io_threads = 0;    // 0: one per core
   int prefetch_windows = 1;  // windows loaded ahead of the one being consumed
+  // Type each field is held in by the windows (the reader's output types); empty: each
+  // field's output_dtype.
+  std::vector<DType> field_dtypes;
+};
+
+struct RowPosition {
+  int64_t epoch = 0;
+  int64_t position = 0;  // within the epoch's shard
 };
 
 struct RowRef {
   std::shared_ptr<const Window> window;
-  int64_t slot = 0;
+  int64_t slot = 0;  // consecutive positions of one window are consecutive slots
   int64_t row = 0;
 };
 
@@ -48,26 +57,30 @@ class RowStream {
   // Rows this shard reads in `epoch` (DALI's shard sizes).
   int64_t ShardRows(int64_t epoch) const;
 
-  // Moves to stream position `position` of `epoch`. Cheap: no I/O until the next Next().
+  // Moves to stream position `position` of `epoch`. Cheap: no I/O until the next Resolve().
   void Seek(int64_t epoch, int64_t position);
-  // The next row; blocks until its window is loaded; rethrows the loader's error.
-  RowRef Next();
+  // The next position, advancing past it; no I/O. Readers take positions ahead of the rows
+  // they output (DALI's Loader reads one sample ahead), so taking one must not wait for its
+  // window: only Resolve does.
+  RowPosition NextPosition();
+  // The row at a position taken by NextPosition; blocks until its window is loaded; rethrows
+  // the loader's error. Positions are resolved in the order they were taken.
+  RowRef Resolve(const RowPosition &position);
   // Advances one row without reading it.
   void Skip();
 
  private:
   struct LoadedWindow {
     int64_t epoch = 0;
-    int64_t first_position = 0;
+    int64_t first_position = 0;  // the position held by slot 0
     std::shared_ptr<const Window> window;
-    std::vector<int32_t> slot_of_position;
     std::exception_ptr error;
+    int64_t end_position() const { return first_position + window->num_slots(); }
     bool Contains(int64_t e, int64_t p) const {
-      return e == epoch && p >= first_position &&
-             p < first_position + static_cast<int64_t>(slot_of_position.size());
+      return e == epoch && p >= first_position && p < end_position();
     }
     bool Before(int64_t e, int64_t p) const {
-      return epoch < e || (epoch == e && first_position + static_cast<int64_t>(slot_of_position.size()) <= p);
+      return epoch < e || (epoch == e && end_position() <= p);
     }
   };
 

@@ -1,5 +1,7 @@
-// A window: the rows loaded together by one I/O request, decoded, in slots sorted by row id.
-// Reader outputs are gathered from windows; a window lives until its last row was copied out.
+// A window: the rows loaded together by one I/O request, decoded, in the order the stream
+// emits them (slot s = the window's s-th position). A batch of consecutive positions is then
+// one contiguous run of every field, which readers hand out without copying: a window lives
+// until the last output or row referencing it is dropped.
 #pragma once
 
 #include <sys/mman.h>
@@ -79,12 +81,15 @@ struct FieldSpec {
 };
 
 struct FieldData {
+  // The type the window holds (the reader's output type, set by the stream before Load): the
+  // source converts while scattering decoded rows into their slots.
+  DType dtype = DType::kFloat32;
   ByteBuffer data;
   std::vector<int64_t> offsets;  // ragged only: element offset of each slot, num_slots + 1
 };
 
 struct Window {
-  std::vector<int64_t> rows;      // slot -> row id, ascending
+  std::vector<int64_t> rows;      // slot -> row id, in emission order (unique, unsorted)
   std::vector<FieldData> fields;  // parallel to RowSource::fields()
 
   int64_t num_slots() const { return static_cast<int64_t>(rows.size()); }
@@ -101,6 +106,8 @@ class WindowPool : public std::enable_shared_from_this<WindowPool> {
   // returns null if `cancelled()` turns true while waiting. Both are polled every few ms.
   std::shared_ptr<Window> Acquire(const std::function<bool()> &cancelled,
                                   const std::function<bool()> &may_exceed);
+  // Makes a waiting Acquire re-check its conditions now rather than at its next poll.
+  void Wake() { released_.notify_all(); }
 
  private:
   void Release(Window *window);

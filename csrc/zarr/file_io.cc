@@ -5,14 +5,102 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "common/error.h"
 
 namespace biodali::zarr {
 
-bool ReadOnlyFile::Open(const std::string &path) {
+// The pages of a whole-file mapping count in the process's resident set once touched: over an
+// epoch that would be every shard's compressed bytes, though they are only page cache. So the
+// touched pages of all whole mappings are dropped (the page cache keeps them) each time reads
+// could have mapped kDropAfterNbytes more: mappings add at most about that to the RSS, and
+// the drop (one madvise and TLB shootdown per touched file) comes every few reads instead of
+// at every one. A fault maps the whole page-cache folio it hits (up to 2 MiB on current
+// kernels), so a read counts as its range widened to folio boundaries.
+class WholeFileMapping {
+ public:
+  WholeFileMapping(void *base, size_t nbytes);
+  ~WholeFileMapping();
+  WholeFileMapping(const WholeFileMapping &) = delete;
+  WholeFileMapping &operator=(const WholeFileMapping &) = delete;
+
+  const std::byte *data() const { return static_cast<const std::byte *>(base_); }
+  size_t nbytes() const { return nbytes_; }
+  // Counts a read of [offset, offset + nbytes) toward the next drop.
+  void NoteTouched(uint64_t offset, uint64_t nbytes);
+  void DropTouchedPages();
+
+ private:
+  void *base_;
+  size_t nbytes_;
+  std::atomic<bool> touched_{false};
+};
+
+namespace {
+
+constexpr size_t kDropAfterNbytes = size_t{16} << 20;
+constexpr uint64_t kMaxFolioNbytes = uint64_t{2} << 20;
+
+class MappedPages {
+ public:
+  void Add(WholeFileMapping *mapping) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    mappings_.push_back(mapping);
+  }
+  void Remove(WholeFileMapping *mapping) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    mappings_.erase(std::find(mappings_.begin(), mappings_.end(), mapping));
+  }
+  void Touched(size_t nbytes) {
+    if (touched_nbytes_.fetch_add(nbytes, std::memory_order_relaxed) + nbytes < kDropAfterNbytes) return;
+    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+    if (!lock.owns_lock()) return;  // another thread is dropping them
+    touched_nbytes_.store(0, std::memory_order_relaxed);
+    for (WholeFileMapping *mapping : mappings_) mapping->DropTouchedPages();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<WholeFileMapping *> mappings_;
+  std::atomic<size_t> touched_nbytes_{0};
+};
+
+// Never destroyed: cached files may be closed during static destruction at exit.
+MappedPages &Registry() {
+  static MappedPages *registry = new MappedPages;
+  return *registry;
+}
+
+}  // namespace
+
+WholeFileMapping::WholeFileMapping(void *base, size_t nbytes) : base_(base), nbytes_(nbytes) {
+  Registry().Add(this);
+}
+
+WholeFileMapping::~WholeFileMapping() {
+  Registry().Remove(this);  // waits for a drop in progress
+  ::munmap(base_, nbytes_);
+}
+
+void WholeFileMapping::NoteTouched(uint64_t offset, uint64_t nbytes) {
+  touched_.store(true, std::memory_order_relaxed);
+  const uint64_t begin = offset / kMaxFolioNbytes * kMaxFolioNbytes;
+  const uint64_t end = (offset + nbytes + kMaxFolioNbytes - 1) / kMaxFolioNbytes * kMaxFolioNbytes;
+  Registry().Touched(static_cast<size_t>(end - begin));
+}
+
+void WholeFileMapping::DropTouchedPages() {
+  // Readers of this file at the same moment fault the pages in again from the page cache.
+  if (touched_.exchange(false, std::memory_order_relaxed)) ::madvise(base_, nbytes_, MADV_DONTNEED);
+}
+
+bool ReadOnlyFile::Open(const std::string &path, bool map_whole) {
   Close();
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -31,10 +119,17 @@ bool ReadOnlyFile::Open(const std::string &path) {
   }
   fd_ = fd;
   nbytes_ = static_cast<uint64_t>(st.st_size);
+  if (map_whole && nbytes_ > 0) {
+    // Address space only: pages are mapped in as ranges are read. If it fails (address-space
+    // limits), ranges are mapped one by one instead.
+    void *base = ::mmap(nullptr, nbytes_, PROT_READ, MAP_SHARED, fd_, 0);
+    if (base != MAP_FAILED) whole_ = new WholeFileMapping(base, nbytes_);
+  }
   return true;
 }
 
 void ReadOnlyFile::Close() {
+  delete std::exchange(whole_, nullptr);
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
 }
@@ -56,8 +151,7 @@ void ReadOnlyFile::ReadAt(uint64_t offset, codecs::Bytes dst, const std::string 
   }
 }
 
-ReadOnlyFile::Mapping ReadOnlyFile::Map(uint64_t offset, uint64_t nbytes, bool populate,
-                                        const std::string &path) const {
+ReadOnlyFile::Mapping ReadOnlyFile::Map(uint64_t offset, uint64_t nbytes, const std::string &path) const {
   struct stat st;
   if (::fstat(fd_, &st) != 0) FailAt(path, "cannot stat: ", std::strerror(errno));
   if (static_cast<uint64_t>(st.st_size) < offset + nbytes) {
@@ -65,18 +159,22 @@ ReadOnlyFile::Mapping ReadOnlyFile::Map(uint64_t offset, uint64_t nbytes, bool p
            " bytes at offset ", offset, " (truncated?)");
   }
   if (nbytes == 0) return {};
+  if (whole_ != nullptr && offset + nbytes <= whole_->nbytes()) {
+    whole_->NoteTouched(offset, nbytes);
+    return Mapping(nullptr, 0, whole_->data() + offset, nbytes);
+  }
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   const uint64_t aligned = offset / page * page;
   const size_t mapped_nbytes = static_cast<size_t>(offset + nbytes - aligned);
-  void *base = ::mmap(nullptr, mapped_nbytes, PROT_READ, MAP_SHARED | (populate ? MAP_POPULATE : 0),
-                      fd_, static_cast<off_t>(aligned));
+  void *base = ::mmap(nullptr, mapped_nbytes, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(aligned));
   if (base == MAP_FAILED) FailAt(path, "cannot map ", nbytes, " bytes at offset ", offset, ": ", std::strerror(errno));
-  return Mapping(base, mapped_nbytes, static_cast<size_t>(offset - aligned), static_cast<size_t>(nbytes));
+  return Mapping(base, mapped_nbytes, static_cast<const std::byte *>(base) + (offset - aligned),
+                 static_cast<size_t>(nbytes));
 }
 
 void ReadOnlyFile::Mapping::Unmap() {
-  if (base_ != nullptr) ::munmap(base_, mapped_nbytes_);
-  base_ = nullptr;
+  if (owned_base_ != nullptr) ::munmap(owned_base_, owned_nbytes_);
+  owned_base_ = nullptr;
 }
 
 std::shared_ptr<const ReadOnlyFile> FileCache::Get(int64_t key, const std::string &path) {
@@ -98,7 +196,7 @@ std::shared_ptr<const ReadOnlyFile> FileCache::Get(int64_t key, const std::strin
   // racing on one shard may both open it; the later one returns the cached file and closes its own.
   auto file = std::make_shared<ReadOnlyFile>();
   // Missing shards are not cached here: the caller's shard-index cache remembers them.
-  if (!file->Open(path)) return nullptr;
+  if (!file->Open(path, /*map_whole=*/true)) return nullptr;
   std::lock_guard<std::mutex> lock(mutex_);
   for (const auto &entry : entries_) {
     if (entry.first == key) return entry.second;

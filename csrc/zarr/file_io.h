@@ -13,25 +13,31 @@
 
 namespace biodali::zarr {
 
+class WholeFileMapping;
+
 class ReadOnlyFile {
  public:
   ReadOnlyFile() = default;
   ~ReadOnlyFile() { Close(); }
   ReadOnlyFile(ReadOnlyFile &&other) noexcept
-      : fd_(std::exchange(other.fd_, -1)), nbytes_(other.nbytes_) {}
+      : fd_(std::exchange(other.fd_, -1)), nbytes_(other.nbytes_),
+        whole_(std::exchange(other.whole_, nullptr)) {}
   ReadOnlyFile &operator=(ReadOnlyFile &&other) noexcept {
     if (this != &other) {
       Close();
       fd_ = std::exchange(other.fd_, -1);
       nbytes_ = other.nbytes_;
+      whole_ = std::exchange(other.whole_, nullptr);
     }
     return *this;
   }
 
   // Returns false when `path` does not exist (a missing chunk or shard reads as fill_value);
   // Error naming the path for any other failure. A value type, so that reading one chunk
-  // file costs no heap allocation.
-  bool Open(const std::string &path);
+  // file costs no heap allocation. `map_whole`: map the whole file now (for shards, read many
+  // times): Map() then returns views into that mapping instead of mapping each range, which
+  // spares an mmap and a munmap (with its TLB shootdown on every core) per read.
+  bool Open(const std::string &path, bool map_whole = false);
 
   uint64_t nbytes() const { return nbytes_; }
 
@@ -39,48 +45,50 @@ class ReadOnlyFile {
   // `path` is only used in the Error raised when the file ends early or the read fails.
   void ReadAt(uint64_t offset, codecs::Bytes dst, const std::string &path) const;
 
-  // Maps bytes [offset, offset + nbytes) read-only, for decoders that read them once: from
-  // the page cache this skips the copy pread makes (which costs more than lz4 decoding it on
-  // small VMs). Checks the file still holds the range first, so a file truncated after Open
-  // raises an Error instead of a SIGBUS. `populate`: map every page now (the whole range will
-  // be read) rather than page by page on first touch.
+  // Bytes [offset, offset + nbytes) read-only, for decoders that read only parts of them
+  // (ranges of a blosc frame): the pages they touch are mapped from the page cache, the rest
+  // is never read. Checks the file still holds the range first, so a file truncated after
+  // Open raises an Error instead of a SIGBUS.
   class Mapping;
-  Mapping Map(uint64_t offset, uint64_t nbytes, bool populate, const std::string &path) const;
+  Mapping Map(uint64_t offset, uint64_t nbytes, const std::string &path) const;
 
  private:
   void Close();
 
   int fd_ = -1;
   uint64_t nbytes_ = 0;
+  WholeFileMapping *whole_ = nullptr;  // with map_whole; owned
 };
 
+// A mapped byte range: its own mapping (unmapped on destruction), or a view into the file's
+// whole mapping.
 class ReadOnlyFile::Mapping {
  public:
   Mapping() = default;
-  Mapping(void *base, size_t mapped_nbytes, size_t skip, size_t nbytes)
-      : base_(base), mapped_nbytes_(mapped_nbytes), skip_(skip), nbytes_(nbytes) {}
+  Mapping(void *owned_base, size_t owned_nbytes, const std::byte *data, size_t nbytes)
+      : owned_base_(owned_base), owned_nbytes_(owned_nbytes), data_(data), nbytes_(nbytes) {}
   ~Mapping() { Unmap(); }
   Mapping(Mapping &&other) noexcept
-      : base_(std::exchange(other.base_, nullptr)), mapped_nbytes_(other.mapped_nbytes_),
-        skip_(other.skip_), nbytes_(other.nbytes_) {}
+      : owned_base_(std::exchange(other.owned_base_, nullptr)), owned_nbytes_(other.owned_nbytes_),
+        data_(other.data_), nbytes_(other.nbytes_) {}
   Mapping &operator=(Mapping &&other) noexcept {
     if (this != &other) {
       Unmap();
-      base_ = std::exchange(other.base_, nullptr);
-      mapped_nbytes_ = other.mapped_nbytes_;
-      skip_ = other.skip_;
+      owned_base_ = std::exchange(other.owned_base_, nullptr);
+      owned_nbytes_ = other.owned_nbytes_;
+      data_ = other.data_;
       nbytes_ = other.nbytes_;
     }
     return *this;
   }
-  codecs::ConstBytes bytes() const {
-    return {static_cast<const std::byte *>(base_) + skip_, nbytes_};
-  }
+  codecs::ConstBytes bytes() const { return {data_, nbytes_}; }
 
  private:
   void Unmap();
-  void *base_ = nullptr;
-  size_t mapped_nbytes_ = 0, skip_ = 0, nbytes_ = 0;
+  void *owned_base_ = nullptr;
+  size_t owned_nbytes_ = 0;
+  const std::byte *data_ = nullptr;
+  size_t nbytes_ = 0;
 };
 
 // Keeps the most recently used shard files open. A shard is read many times (its index once,
