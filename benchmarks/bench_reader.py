@@ -68,6 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-decode-ceiling", action="store_true")
     p.add_argument("--headroom-gib", type=float, default=4.0,
                    help="RAM the loaders need besides the cached collection (default %(default)s)")
+    p.add_argument("--no-rewarm", action="store_true",
+                   help="read the collection only once, not again before every contender run "
+                        "(kernels that reclaim cold page cache proactively, e.g. DAMON pageout "
+                        "schemes, otherwise evict parts of it between runs)")
     p.add_argument("--allow-low-memory", action="store_true",
                    help="go on when MemAvailable < collection + headroom (figures then not warm cache)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per contender process")
@@ -156,16 +160,21 @@ def warm_page_cache(path: Path, headroom_gib: float, allow_low_memory: bool) -> 
                      f"disk reads).")
         print(f"WARNING: {msg}: the collection may not stay cached", file=sys.stderr)
     print(f"warming the page cache: {msg}", file=sys.stderr, flush=True)
+    seconds = read_files(files)
+    return {"files": len(files), "bytes": nbytes, "read_seconds": seconds,
+            "read_gb_per_s": nbytes / seconds / 1e9 if seconds > 0 else None,
+            "mem_available_before": mem["MemAvailable"], "enough_ram": enough}
+
+
+def read_files(files: list[Path]) -> float:
+    """Reads every file once (into the page cache); returns the seconds it took."""
     t0 = time.perf_counter()
     buf = bytearray(16 << 20)
     for f in files:
         with open(f, "rb", buffering=0) as fh:
             while fh.readinto(buf):
                 pass
-    seconds = time.perf_counter() - t0
-    return {"files": len(files), "bytes": nbytes, "read_seconds": seconds,
-            "read_gb_per_s": nbytes / seconds / 1e9 if seconds > 0 else None,
-            "mem_available_before": mem["MemAvailable"], "enough_ram": enough}
+    return time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------ contenders ----
@@ -269,7 +278,10 @@ def render_markdown(report: dict) -> str:
         data_line,
         "- **Warm page cache**: every file of the collection was read once before the runs "
         f"({cache.get('read_gb_per_s') or 0:.2f} GB/s for that first read; "
-        f"enough RAM to keep it cached: {cache.get('enough_ram')}).",
+        f"enough RAM to keep it cached: {cache.get('enough_ram')})"
+        + ("." if a.get("no_rewarm") else
+           " and again before every contender run (kernels with proactive reclaim, such as "
+           "DAMON pageout schemes, evict cold page cache between runs)."),
         f"- batch_size {a['batch_size']}, {a['cells']:,} timed cells per run after "
         f"{a['warmup_batches']} warm-up batches, {a['runs']} runs per config, annbatch then biodali "
         "interleaved in each run, each in its own process; shuffle on in both.",
@@ -367,7 +379,8 @@ def main(argv=None) -> int:
         "args": {k: v for k, v in vars(args).items()},
         "machine": machine_info(),
         "git": git_describe(),
-        "notes": "All figures are for a warm page cache (the collection was read once first).",
+        "notes": "All figures are for a warm page cache: the collection was read once first and, "
+                 "unless --no-rewarm, again before every contender run.",
     }
     try:
         report["n_obs"], report["n_vars"] = _common.x_shape(args.data)
@@ -398,9 +411,11 @@ def main(argv=None) -> int:
             for name in args.contender_list:
                 print(f"run {run}/{args.runs} chunk_size={cfg['chunk_size']} "
                       f"preload_nchunks={cfg['preload_nchunks']} {name}:", file=sys.stderr, flush=True)
+                rewarm_seconds = None if args.no_rewarm else read_files(collection_files(Path(args.data)))
                 res = run_json(contender_cmd(args, name, cfg["chunk_size"], cfg["preload_nchunks"], seed),
                                args.timeout, env)
                 res["run"] = run
+                res["rewarm_seconds"] = rewarm_seconds
                 cfg["runs"][name].append(res)
                 print(f"  {short(res)}", file=sys.stderr, flush=True)
 
