@@ -141,4 +141,4 @@ def test_mapped_shard_pages_do_not_accumulate(tmp_path):
         if i % 8 == 0:
             check_csr_batch(oracle, outputs)
         peak = max(peak, mapped_rss_bytes(path))
-    assert 0 < peak < 24 << 20, f"{peak >> 20} MiB of mapped shard pages resident"
+    assert 0 < peak < 40 << 20, f"{peak >> 20} MiB of mapped shard pages resident"

@@ -278,13 +278,15 @@ void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc
     read_chain_.FinishInPlace(dst);
     return;
   }
-  // A whole chunk is read into this thread's scratch (it stays in cache for the decoder). A
-  // range of a blosc frame touches only the header, the block table and the blocks that hold
-  // it, so those are decoded straight from the mapped shard instead, pages mapped as touched.
+  // Decoders read the chunk's bytes straight from the page cache (pread's copy costs more
+  // than the page-table work of mapping on small VMs). A whole chunk is read in full, so its
+  // pages are mapped up front; a range of a blosc frame touches only the header, the block
+  // table and the blocks that hold it, so pages are mapped as touched.
+  const bool whole = dst.size() == chunk_nbytes;
   ReadOnlyFile::Mapping mapping;
   ConstBytes encoded;
-  if (dst.size() != chunk_nbytes && read_chain_.SupportsSelectiveRead()) {
-    mapping = file.Map(loc.offset, loc.nbytes, path);
+  if (whole || read_chain_.SupportsSelectiveRead()) {
+    mapping = file.Map(loc.offset, loc.nbytes, /*populate=*/whole, path);
     encoded = mapping.bytes();
   } else {
     Bytes buffer = Scratch().encoded.Get(loc.nbytes);

@@ -20,8 +20,8 @@ namespace biodali::zarr {
 // epoch that would be every shard's compressed bytes, though they are only page cache. So the
 // touched pages of all whole mappings are dropped (the page cache keeps them) each time reads
 // could have mapped kDropAfterNbytes more: mappings add at most about that to the RSS, and
-// the drop (one madvise and TLB shootdown per touched file) comes every few reads instead of
-// at every one. A fault maps the whole page-cache folio it hits (up to 2 MiB on current
+// the drop (one madvise and TLB shootdown per touched file) comes every few dozen reads
+// instead of at every one. A fault maps the whole page-cache folio it hits (up to 2 MiB on current
 // kernels), so a read counts as its range widened to folio boundaries.
 class WholeFileMapping {
  public:
@@ -44,7 +44,7 @@ class WholeFileMapping {
 
 namespace {
 
-constexpr size_t kDropAfterNbytes = size_t{16} << 20;
+constexpr size_t kDropAfterNbytes = size_t{32} << 20;
 constexpr uint64_t kMaxFolioNbytes = uint64_t{2} << 20;
 
 class MappedPages {
@@ -75,6 +75,20 @@ class MappedPages {
 MappedPages &Registry() {
   static MappedPages *registry = new MappedPages;
   return *registry;
+}
+
+// Faults in the page-table entries of a range in one call; a hint, so failure (kernels
+// before 5.14) only means pages fault in on first touch.
+void PopulateRead(const std::byte *data, size_t nbytes) {
+#ifdef MADV_POPULATE_READ
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page * page;
+  ::madvise(reinterpret_cast<void *>(begin), reinterpret_cast<uintptr_t>(data) + nbytes - begin,
+            MADV_POPULATE_READ);
+#else
+  (void)data;
+  (void)nbytes;
+#endif
 }
 
 }  // namespace
@@ -151,7 +165,8 @@ void ReadOnlyFile::ReadAt(uint64_t offset, codecs::Bytes dst, const std::string 
   }
 }
 
-ReadOnlyFile::Mapping ReadOnlyFile::Map(uint64_t offset, uint64_t nbytes, const std::string &path) const {
+ReadOnlyFile::Mapping ReadOnlyFile::Map(uint64_t offset, uint64_t nbytes, bool populate,
+                                        const std::string &path) const {
   struct stat st;
   if (::fstat(fd_, &st) != 0) FailAt(path, "cannot stat: ", std::strerror(errno));
   if (static_cast<uint64_t>(st.st_size) < offset + nbytes) {
@@ -160,13 +175,16 @@ ReadOnlyFile::Mapping ReadOnlyFile::Map(uint64_t offset, uint64_t nbytes, const 
   }
   if (nbytes == 0) return {};
   if (whole_ != nullptr && offset + nbytes <= whole_->nbytes()) {
+    const std::byte *data = whole_->data() + offset;
+    if (populate) PopulateRead(data, nbytes);
     whole_->NoteTouched(offset, nbytes);
-    return Mapping(nullptr, 0, whole_->data() + offset, nbytes);
+    return Mapping(nullptr, 0, data, nbytes);
   }
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   const uint64_t aligned = offset / page * page;
   const size_t mapped_nbytes = static_cast<size_t>(offset + nbytes - aligned);
-  void *base = ::mmap(nullptr, mapped_nbytes, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(aligned));
+  void *base = ::mmap(nullptr, mapped_nbytes, PROT_READ, MAP_SHARED | (populate ? MAP_POPULATE : 0),
+                      fd_, static_cast<off_t>(aligned));
   if (base == MAP_FAILED) FailAt(path, "cannot map ", nbytes, " bytes at offset ", offset, ": ", std::strerror(errno));
   return Mapping(base, mapped_nbytes, static_cast<const std::byte *>(base) + (offset - aligned),
                  static_cast<size_t>(nbytes));
