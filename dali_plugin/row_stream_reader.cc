@@ -161,33 +161,39 @@ void RowStreamReader::ShareWindow(dali::Workspace &ws, const std::shared_ptr<con
   const int batch_size = GetCurrBatchSize();
   // Each output aliases the window: the window returns to its pool when the last output
   // sharing it is released.
-  auto share = [&](int output, const std::byte *data, const dali::TensorListShape<> &shape, DType dtype) {
+  // (Element counts come from the window: DALI's num_elements() indexes an empty vector for
+  // shapes of scalars.)
+  auto share = [&](int output, const std::byte *data, int64_t num_elements, const dali::TensorListShape<> &shape,
+                   DType dtype) {
     auto &out = ws.Output<dali::CPUBackend>(output);
     std::shared_ptr<void> memory(window, const_cast<std::byte *>(data));
-    out.ShareData(std::move(memory), shape.num_elements() * DTypeSize(dtype), /*pinned=*/false, shape,
-                  ToDali(dtype), out.device_id(), dali::AccessOrder::host());
+    out.ShareData(std::move(memory), num_elements * DTypeSize(dtype), /*pinned=*/false, shape, ToDali(dtype),
+                  out.device_id(), dali::AccessOrder::host());
   };
   for (size_t f = 0; f < fields_.size(); ++f) {
     const FieldData &data = window->fields[f];
     dali::TensorListShape<> shape;
-    int64_t first_element;
+    int64_t first_element, num_elements;
     if (fields_[f].ragged) {
       shape.resize(batch_size, 1);
       for (int i = 0; i < batch_size; ++i)
         shape.tensor_shape_span(i)[0] = data.offsets[first_slot + i + 1] - data.offsets[first_slot + i];
       first_element = data.offsets[first_slot];
+      num_elements = data.offsets[first_slot + batch_size] - first_element;
     } else {
       dali::TensorShape<> row_shape;
       row_shape.resize(static_cast<int>(fields_[f].row_shape.size()));
       for (size_t d = 0; d < fields_[f].row_shape.size(); ++d) row_shape[d] = fields_[f].row_shape[d];
       shape = dali::uniform_list_shape(batch_size, row_shape);
       first_element = first_slot * fields_[f].RowElements();
+      num_elements = batch_size * fields_[f].RowElements();
     }
-    share(static_cast<int>(f), data.data.data() + first_element * DTypeSize(data.dtype), shape, data.dtype);
+    share(static_cast<int>(f), data.data.data() + first_element * DTypeSize(data.dtype), num_elements, shape,
+          data.dtype);
   }
   if (return_row_index_) {
     share(static_cast<int>(fields_.size()), reinterpret_cast<const std::byte *>(window->rows.data() + first_slot),
-          dali::uniform_list_shape(batch_size, dali::TensorShape<>{}), DType::kInt64);
+          batch_size, dali::uniform_list_shape(batch_size, dali::TensorShape<>{}), DType::kInt64);
   }
 }
 

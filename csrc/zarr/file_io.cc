@@ -21,8 +21,8 @@ namespace biodali::zarr {
 // touched pages of all whole mappings are dropped (the page cache keeps them) each time reads
 // could have mapped kDropAfterNbytes more: mappings add at most about that to the RSS, and
 // the drop (one madvise and TLB shootdown per touched file) comes every few dozen reads
-// instead of at every one. A fault maps the whole page-cache folio it hits (up to 2 MiB on current
-// kernels), so a read counts as its range widened to folio boundaries.
+// instead of at every one. A fault maps the whole page-cache folio it hits (up to 2 MiB on
+// current kernels), so a read counts as its range widened to folio boundaries.
 class WholeFileMapping {
  public:
   WholeFileMapping(void *base, size_t nbytes);
