@@ -24,7 +24,7 @@ namespace biodali {
 
 // Uninitialised byte storage (std::vector would zero-fill what decoding overwrites anyway).
 // Large buffers sit on transparent huge pages where the kernel allows it (madvise mode): rows
-// are gathered from a window in random order, and with 4 KiB pages nearly every row costs a
+// are scattered into a window in random order, and with 4 KiB pages nearly every row costs a
 // TLB miss and its first touch a page fault per 4 KiB.
 class ByteBuffer {
  public:
