@@ -135,16 +135,9 @@ std::shared_ptr<const Window> RowStreamReader::GatherRows(dali::Workspace &ws) {
         for (size_t f = 0; f < fields_.size(); ++f) {
           const FieldData &src = ref.window->fields[f];
           FieldData &dst = out->fields[f];
-          int64_t src_first, dst_first, count;
-          if (fields_[f].ragged) {
-            src_first = src.offsets[ref.slot];
-            count = src.offsets[ref.slot + 1] - src_first;
-            dst_first = dst.offsets[i];
-          } else {
-            count = fields_[f].RowElements();
-            src_first = ref.slot * count;
-            dst_first = i * count;
-          }
+          const int64_t src_first = SlotElement(fields_[f], src, ref.slot);
+          const int64_t count = SlotElement(fields_[f], src, ref.slot + 1) - src_first;
+          const int64_t dst_first = SlotElement(fields_[f], dst, i);
           const size_t item = DTypeSize(src.dtype);
           StreamElements(src.data.data() + src_first * item, src.dtype, dst.data.data() + dst_first * item,
                          dst.dtype, count);
@@ -173,21 +166,18 @@ void RowStreamReader::ShareWindow(dali::Workspace &ws, const std::shared_ptr<con
   for (size_t f = 0; f < fields_.size(); ++f) {
     const FieldData &data = window->fields[f];
     dali::TensorListShape<> shape;
-    int64_t first_element, num_elements;
     if (fields_[f].ragged) {
       shape.resize(batch_size, 1);
       for (int i = 0; i < batch_size; ++i)
         shape.tensor_shape_span(i)[0] = data.offsets[first_slot + i + 1] - data.offsets[first_slot + i];
-      first_element = data.offsets[first_slot];
-      num_elements = data.offsets[first_slot + batch_size] - first_element;
     } else {
       dali::TensorShape<> row_shape;
       row_shape.resize(static_cast<int>(fields_[f].row_shape.size()));
       for (size_t d = 0; d < fields_[f].row_shape.size(); ++d) row_shape[d] = fields_[f].row_shape[d];
       shape = dali::uniform_list_shape(batch_size, row_shape);
-      first_element = first_slot * fields_[f].RowElements();
-      num_elements = batch_size * fields_[f].RowElements();
     }
+    const int64_t first_element = SlotElement(fields_[f], data, first_slot);
+    const int64_t num_elements = SlotElement(fields_[f], data, first_slot + batch_size) - first_element;
     share(static_cast<int>(f), data.data.data() + first_element * DTypeSize(data.dtype), num_elements, shape,
           data.dtype);
   }

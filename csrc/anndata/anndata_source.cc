@@ -203,7 +203,7 @@ void AnnDataSource::LoadCsr(Window &window, const RowPlan &plan, ThreadPool &poo
   for (const Run &run : plan.runs) {
     const auto &indptr = groups_[run.group].indptr;
     for (int64_t r = run.row_begin; r < run.row_end; ++r)
-      offsets[plan.slots[run.first + (r - run.row_begin)] + 1] = indptr[r + 1] - indptr[r];
+      offsets[plan.SlotOf(run, r) + 1] = indptr[r + 1] - indptr[r];
   }
   std::partial_sum(offsets.begin(), offsets.end(), offsets.begin());
   indices.offsets = offsets;
@@ -222,7 +222,7 @@ void AnnDataSource::LoadCsr(Window &window, const RowPlan &plan, ThreadPool &poo
       const int64_t chunk_elements = array->metadata().read_chunk_shape[0];
       size_t &task = last_task.try_emplace(array, SIZE_MAX).first->second;
       for (int64_t r = run.row_begin; r < run.row_end; ++r) {
-        int64_t dst = offsets[plan.slots[run.first + (r - run.row_begin)]];
+        int64_t dst = offsets[plan.SlotOf(run, r)];
         for (int64_t e = g.indptr[r], e_end = g.indptr[r + 1]; e < e_end;) {
           int64_t chunk = e / chunk_elements;
           int64_t piece_end = std::min(e_end, (chunk + 1) * chunk_elements);
@@ -320,7 +320,7 @@ void AnnDataSource::LoadObs(Window &window, const RowPlan &plan) const {
     for (const Run &run : plan.runs) {
       const std::byte *column = groups_[run.group].obs[c].values.data();
       for (int64_t r = run.row_begin; r < run.row_end; ++r)
-        ConvertElements(column + r * item, stored, field.data.data() + plan.slots[run.first + (r - run.row_begin)] * dst_item,
+        ConvertElements(column + r * item, stored, field.data.data() + plan.SlotOf(run, r) * dst_item,
                         field.dtype, 1);
     }
   }

@@ -40,6 +40,7 @@ class AnnDataSource final : public RowSource {
   struct RowPlan {
     std::vector<int64_t> slots;  // the window's slots, ordered by their row
     std::vector<Run> runs;       // in row order
+    int64_t SlotOf(const Run &run, int64_t row) const { return slots[run.first + (row - run.row_begin)]; }
   };
   RowPlan PlanRows(const std::vector<int64_t> &rows) const;
   void LoadCsr(Window &window, const RowPlan &plan, ThreadPool &pool) const;

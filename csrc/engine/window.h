@@ -95,6 +95,12 @@ struct Window {
   int64_t num_slots() const { return static_cast<int64_t>(rows.size()); }
 };
 
+// Index of the first element of `slot` in a field's data (slot == num_slots: one past the
+// end), so slots [a, b) hold elements [SlotElement(a), SlotElement(b)).
+inline int64_t SlotElement(const FieldSpec &spec, const FieldData &data, int64_t slot) {
+  return spec.ragged ? data.offsets[slot] : slot * spec.RowElements();
+}
+
 // Windows handed out as shared_ptrs come back here when the last row referencing them is
 // dropped, so their buffers are reused instead of re-allocated. At most `max_windows` exist at
 // once (in use or free): that is the reader's memory bound.
