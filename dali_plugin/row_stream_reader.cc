@@ -50,6 +50,7 @@ StreamOptions StreamOptionsFromSpec(const dali::OpSpec &spec) {
   options.shard.stick_to_shard = spec.GetArgument<bool>("stick_to_shard");
   options.num_io_threads = spec.GetArgument<int>("num_io_threads");
   options.prefetch_windows = spec.GetArgument<int>("prefetch_windows");
+  options.batch_size = spec.GetArgument<int>("max_batch_size");
   DALI_ENFORCE(options.sampler.block_rows > 0, "chunk_size must be positive");
   DALI_ENFORCE(options.sampler.window_blocks > 0, "preload_chunks must be positive");
   return options;
@@ -213,8 +214,9 @@ the unit of I/O and of memory.)", 32)
     .AddOptionalArg("prefetch_windows", R"(Windows loaded ahead of the one being consumed. Outputs
 share the windows' memory (no copy) except the batch that ends a window, which is copied so the
 window can be reused at once. Memory held by the reader: (1 + prefetch_windows) windows plus
-the copied batches still held (usually one); a window is kept longer, and one more loaded,
-while outputs inside it are held.)", 1)
+the copied batches still held (usually one), and at an epoch's end the window of the rows left
+over when it is smaller than a batch; a window is kept longer, and one more loaded, while
+outputs inside it are held.)", 1)
     .AddOptionalArg("return_row_index", R"(Add a last output: the int64 0-based row position in
 the concatenation of all inputs.)", false)
     .AddOptionalTypeArg("dtype", "Cast the matrix values (sparse values or dense rows) to this type.")

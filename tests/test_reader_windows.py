@@ -3,6 +3,7 @@ ends a window, batches across windows and padded ones, which are copied. Whichev
 batch is made, every row must equal anndata's, and outputs the user keeps must stay intact
 while the reader recycles its windows."""
 import gc
+import os
 import re
 
 import numpy as np
@@ -142,3 +143,47 @@ def test_mapped_shard_pages_do_not_accumulate(tmp_path):
             check_csr_batch(oracle, outputs)
         peak = max(peak, mapped_rss_bytes(path))
     assert 0 < peak < 40 << 20, f"{peak >> 20} MiB of mapped shard pages resident"
+
+
+def anonymous_rss_bytes():
+    """Resident anonymous memory of this process (RssAnon: windows, not mapped shard pages)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def test_epoch_end_needs_no_extra_full_window(tmp_path):
+    """An epoch ends with a window of fewer rows than a batch, so the batch across it spans
+    three windows. That small window is loaded outside the reader's bound, from buffers of its
+    own: the stream must not take a third full-size window (fresh memory) at every epoch end."""
+    from biodali.synth import write_expression
+
+    chunk, preload, batch = 64, 32, 512  # windows of 2,048 rows (~47 MB: above malloc's mmap threshold)
+    n = 3 * chunk * preload + 100  # each epoch ends with a window of 100 rows
+    path = str(write_expression(tmp_path / "e.zarr", n, seed=2, layout="annbatch", n_datasets=1,
+                                progress=False))
+    oracle = sp.csr_matrix(ad.read_zarr(f"{path}/dataset_0").X)
+    window_nbytes = chunk * preload * (oracle.nnz / n) * 8  # float32 values + int32 indices
+
+    @pipeline_def(batch_size=batch, num_threads=2, device_id=None, prefetch_queue_depth=1)
+    def pipe():
+        return tuple(fn.biodali.readers.anndata(path=path, random_shuffle=True, seed=3, chunk_size=chunk,
+                                                preload_chunks=preload, return_row_index=True))
+
+    p = pipe()
+    p.build()
+    batches_per_epoch = -(-n // batch)
+    rss = []
+    for _ in range(4 * batches_per_epoch):
+        outputs = p.run()
+        check_csr_batch(oracle, outputs)
+        rss.append(anonymous_rss_bytes())
+    # Both full windows are loaded after the first few batches; from then on memory stays flat
+    # across epoch ends (a third full window taken there would stay resident, or come and go).
+    settled = max(rss[3:batches_per_epoch - 1])
+    grown = max(rss[batches_per_epoch - 1:]) - settled
+    assert grown < window_nbytes / 2, (
+        f"memory grew by {grown / 2**20:.1f} MiB over later epochs (a window is "
+        f"{window_nbytes / 2**20:.1f} MiB)")

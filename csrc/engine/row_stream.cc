@@ -1,6 +1,7 @@
 #include "engine/row_stream.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "common/error.h"
 
@@ -30,7 +31,8 @@ RowStream::RowStream(std::shared_ptr<const RowSource> source, StreamOptions opti
     : source_(std::move(source)),
       options_(Normalized(std::move(options), *source_)),
       pool_(DefaultThreads(options_.num_io_threads)),
-      window_pool_(std::make_shared<WindowPool>(1 + options_.prefetch_windows)) {
+      window_pool_(std::make_shared<WindowPool>(1 + options_.prefetch_windows)),
+      small_window_pool_(std::make_shared<WindowPool>(std::numeric_limits<int>::max())) {
   const auto &shard = options_.shard;
   if (shard.num_shards < 1 || shard.shard_id < 0 || shard.shard_id >= shard.num_shards)
     throw Error(StrCat("invalid shard_id ", shard.shard_id, " for num_shards ", shard.num_shards));
@@ -164,8 +166,12 @@ void RowStream::ProducerLoop(int64_t epoch, int64_t position) {
       loaded.epoch = epoch;
       loaded.first_position = wp.first_position;
       // Blocks while 1 + prefetch_windows windows are alive (held here, by rows not yet handed
-      // out, or by outputs sharing their memory): the memory bound.
-      std::shared_ptr<Window> window_data = window_pool_->Acquire(
+      // out, or by outputs sharing their memory): the memory bound. A window smaller than a
+      // batch never waits: the batch across it holds the window before it, and needs the next.
+      const int64_t full_rows = options_.sampler.block_rows * options_.sampler.window_blocks;
+      const int64_t rows = static_cast<int64_t>(wp.rows.size());
+      const bool small = rows < full_rows && rows < options_.batch_size;
+      std::shared_ptr<Window> window_data = (small ? small_window_pool_ : window_pool_)->Acquire(
           [this] {
             std::lock_guard<std::mutex> lock(mutex_);
             return stop_;

@@ -5,7 +5,8 @@
 // rows handed out or by reader outputs sharing a window's memory: the producer waits for one
 // to be released before loading the next. Only when the consumer is starved (it needs a new
 // window while all are referenced: a batch spans more windows than that, or the caller still
-// holds outputs of an earlier window) does it load one more.
+// holds outputs of an earlier window) does it load one more. Windows smaller than a batch
+// (the rows left at an epoch's end) are not counted: see StreamOptions::batch_size.
 #pragma once
 
 #include <atomic>
@@ -32,6 +33,10 @@ struct StreamOptions {
   // Type each field is held in by the windows (the reader's output types); empty: each
   // field's output_dtype.
   std::vector<DType> field_dtypes;
+  // Rows per batch of the reader (0: unknown). A short window (the rows left at an epoch's
+  // end) with fewer rows is loaded outside the bound of 1 + prefetch_windows: a batch across
+  // it spans three windows.
+  int64_t batch_size = 0;
 };
 
 struct RowPosition {
@@ -94,6 +99,10 @@ class RowStream {
   StreamOptions options_;
   ThreadPool pool_;
   std::shared_ptr<WindowPool> window_pool_;
+  // Windows with fewer rows than a batch: not counted in the bound, and kept apart so that
+  // their small buffers are reused for them (a full-size window taken fresh for the next epoch
+  // would cost a page fault and a zeroing per page, once per epoch).
+  std::shared_ptr<WindowPool> small_window_pool_;
 
   // Consumer side (the caller's thread).
   int64_t epoch_ = 0, position_ = 0;
