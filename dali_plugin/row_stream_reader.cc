@@ -144,6 +144,7 @@ std::shared_ptr<const Window> RowStreamReader::GatherRows(dali::Workspace &ws) {
                          dst.dtype, count);
         }
       }
+      StreamFence();
     }, end - begin);
   }
   pool.RunAll();

@@ -270,6 +270,7 @@ void AnnDataSource::LoadCsr(Window &window, const RowPlan &plan, ThreadPool &poo
     for (const Piece &piece : task.pieces)
       StreamElements(scratch.data() + piece.chunk_offset * item, meta.dtype,
                      field.data.data() + piece.dst_element * dst_item, field.dtype, piece.num_elements);
+    StreamFence();
   });
 }
 
@@ -308,6 +309,7 @@ void AnnDataSource::LoadDense(Window &window, const RowPlan &plan, ThreadPool &p
     for (int64_t k = 0; k < count[0]; ++k)
       StreamElements(scratch.data() + k * stored_row_nbytes, stored,
                      field.data.data() + plan.slots[piece.first + k] * row_nbytes, field.dtype, row_elements);
+    StreamFence();
   });
 }
 

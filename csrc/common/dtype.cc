@@ -190,7 +190,6 @@ __attribute__((target("avx2"))) void StreamBytesAvx2(const std::byte *src, std::
     _mm256_stream_si256(reinterpret_cast<__m256i *>(dst + i),
                         _mm256_loadu_si256(reinterpret_cast<const __m256i *>(src + i)));
   std::memcpy(dst + i, src + i, n - i);
-  _mm_sfence();
 }
 
 __attribute__((target("avx2"))) void StreamWidenU16ToI32Avx2(const uint16_t *src, int32_t *dst, size_t n) {
@@ -200,12 +199,15 @@ __attribute__((target("avx2"))) void StreamWidenU16ToI32Avx2(const uint16_t *src
     _mm256_stream_si256(reinterpret_cast<__m256i *>(dst + i),
                         _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(src + i))));
   for (; i < n; ++i) dst[i] = src[i];
-  _mm_sfence();
 }
 
 const bool kHasAvx2 = __builtin_cpu_supports("avx2");
 
 }  // namespace
+
+void StreamFence() {
+  if (kHasAvx2) _mm_sfence();
+}
 
 void StreamElements(const void *src, DType src_dtype, void *dst, DType dst_dtype,
                     size_t num_elements) {

@@ -32,9 +32,13 @@ void ConvertElements(const void *src, DType src_dtype, void *dst, DType dst_dtyp
 // ConvertElements for output buffers that are written once and read later by someone else
 // (reader outputs, much larger than the cache): same-type copies and uint16 -> int32 go
 // through non-temporal stores on AVX2 machines, so writing a row does not first read its
-// destination lines into the cache (a third of the copy's memory traffic). Fenced before
-// returning.
+// destination lines into the cache (a third of the copy's memory traffic). Not fenced: call
+// StreamFence() once after a run of calls (a row each), before the data is handed to another
+// thread (a fence per row would wait for every row's stores to drain).
 void StreamElements(const void *src, DType src_dtype, void *dst, DType dst_dtype,
                     size_t num_elements);
+
+// Orders the streaming stores made by this thread before its later stores (sfence).
+void StreamFence();
 
 }  // namespace biodali
