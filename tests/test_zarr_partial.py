@@ -3,11 +3,14 @@ zarr-python and against decoding the whole chunk.
 
 bytes -> blosc [-> crc32c] chains decode only the blosc blocks that cover the range (via
 blosc_getitem); uncompressed chains read only the range; other chains decode the whole chunk
-and copy the range out. All must give the same elements. Ranges are placed on and around the
+and copy the range out. All must give the same elements. Every test runs twice: decoding into
+one buffer, and DecodeReadChunkRangeInPieces (the reader's path: cache-sized pieces handed to
+a callback), whose pieces must arrive in order and tile the range. Ranges are placed on and around the
 blosc block boundaries read from the stored frames' headers.
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 
@@ -25,6 +28,13 @@ from test_zarr_arrays import (assert_bitwise_equal, chunk_files, corrupted_copie
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
 SHUFFLES = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["into-buffer", "in-pieces"])
+def decode_mode(request, monkeypatch):
+    if request.param:
+        monkeypatch.setattr(bt, "read_chunk_ranges", functools.partial(bt.read_chunk_ranges, in_pieces=True))
+    return request.param
 
 
 def blosc_header(frame: bytes):

@@ -244,32 +244,38 @@ void AnnDataSource::LoadCsr(Window &window, const RowPlan &plan, ThreadPool &poo
     const int64_t chunk_elements = meta.read_chunk_shape[0];
     const size_t item = DTypeSize(meta.dtype);
     FieldData &field = window.fields[task.field];
-    // A chunk is decoded into this thread's scratch, which stays in cache, and its rows are
-    // scattered to their slots from there: the window's memory is written once, by streaming
-    // stores, and never read back before the consumer reads it.
-    thread_local ByteBuffer scratch;
-    scratch.Resize(chunk_elements * item);
+    const size_t dst_item = DTypeSize(field.dtype);
+    // The chunk arrives in cache-sized pieces, each scattered to its rows' slots while still
+    // in L1 (indices checked on the way): the window's memory is written once, by streaming
+    // stores, and no whole decoded chunk is written and read back.
+    size_t next_piece = 0;  // pieces before it are done
+    auto scatter = [&](size_t byte_offset, codecs::ConstBytes bytes) {
+      const int64_t begin = static_cast<int64_t>(byte_offset / item);
+      const int64_t end = begin + static_cast<int64_t>(bytes.size() / item);
+      for (size_t p = next_piece; p < task.pieces.size() && task.pieces[p].chunk_offset < end; ++p) {
+        const Piece &piece = task.pieces[p];
+        const int64_t piece_end = piece.chunk_offset + piece.num_elements;
+        const int64_t lo = std::max(piece.chunk_offset, begin), hi = std::min(piece_end, end);
+        if (piece_end <= end) next_piece = p + 1;
+        if (hi <= lo) continue;
+        const std::byte *src = bytes.data() + (lo - begin) * item;
+        if (task.field == 1)
+          CheckIndicesAny(src, meta.dtype, hi - lo, task.num_cols, *task.array, task.chunk * chunk_elements + lo);
+        StreamElements(src, meta.dtype, field.data.data() + (piece.dst_element + lo - piece.chunk_offset) * dst_item,
+                       field.dtype, hi - lo);
+      }
+    };
     int64_t needed = 0;
     for (const Piece &piece : task.pieces) needed += piece.num_elements;
     if (task.array->SupportsPartialDecode() && needed * 4 < chunk_elements * 3) {
       // Blosc decompresses block by block: decode only the blocks the spans need (small
       // blocks of rows often need half a chunk or less).
       ForEachSpan(task.pieces, [&](int64_t begin, int64_t end) {
-        task.array->DecodeReadChunkRange(task.chunk, begin, end - begin, scratch.data() + begin * item);
+        task.array->DecodeReadChunkRangeInPieces(task.chunk, begin, end - begin, scatter);
       });
     } else {
-      task.array->DecodeReadChunk({&task.chunk, 1}, {scratch.data(), chunk_elements * item});
+      task.array->DecodeReadChunkRangeInPieces(task.chunk, 0, chunk_elements, scatter);
     }
-    if (task.field == 1) {
-      ForEachSpan(task.pieces, [&](int64_t begin, int64_t end) {
-        CheckIndicesAny(scratch.data() + begin * item, meta.dtype, end - begin, task.num_cols,
-                        *task.array, task.chunk * chunk_elements + begin);
-      });
-    }
-    const size_t dst_item = DTypeSize(field.dtype);
-    for (const Piece &piece : task.pieces)
-      StreamElements(scratch.data() + piece.chunk_offset * item, meta.dtype,
-                     field.data.data() + piece.dst_element * dst_item, field.dtype, piece.num_elements);
     StreamFence();
   });
 }

@@ -213,8 +213,10 @@ BIODALI_API int biodali_zarr_read_strings(const char *path, char *out, size_t ou
 
 // Array::DecodeReadChunkRange for `num_ranges` ranges (chunk_index[i], element_begin[i],
 // num_elements[i]) decoded by `num_threads` threads sharing one Array, range i into dst after
-// the elements of ranges 0..i-1. *partial gets SupportsPartialDecode().
-BIODALI_API int biodali_zarr_read_chunk_ranges(const char *path, int num_threads,
+// the elements of ranges 0..i-1. *partial gets SupportsPartialDecode(). With `in_pieces`,
+// DecodeReadChunkRangeInPieces instead, its pieces checked to arrive in order and to tile the
+// range exactly.
+BIODALI_API int biodali_zarr_read_chunk_ranges(const char *path, int num_threads, int in_pieces,
                                                int64_t num_ranges, const int64_t *chunk_index,
                                                const int64_t *element_begin,
                                                const int64_t *num_elements, void *dst,
@@ -235,8 +237,22 @@ BIODALI_API int biodali_zarr_read_chunk_ranges(const char *path, int num_threads
     *partial = array->SupportsPartialDecode() ? 1 : 0;
     biodali::ThreadPool pool(std::max(num_threads, 1), "biodali-test");
     pool.ParallelFor(num_ranges, [&](int64_t i) {
-      array->DecodeReadChunkRange(chunk_index[i], element_begin[i], num_elements[i],
-                                  static_cast<std::byte *>(dst) + offsets[i]);
+      std::byte *out = static_cast<std::byte *>(dst) + offsets[i];
+      if (!in_pieces) {
+        array->DecodeReadChunkRange(chunk_index[i], element_begin[i], num_elements[i], out);
+        return;
+      }
+      const size_t begin = static_cast<size_t>(std::max<int64_t>(element_begin[i], 0)) * elem_nbytes;
+      size_t next = begin;
+      array->DecodeReadChunkRangeInPieces(
+          chunk_index[i], element_begin[i], num_elements[i], [&](size_t offset, std::span<const std::byte> bytes) {
+            if (offset != next || bytes.empty() || offset + bytes.size() > begin + (offsets[i + 1] - offsets[i]))
+              biodali::FailAt(path, "piece [", offset, ", ", offset + bytes.size(), ") does not follow ", next);
+            std::memcpy(out + (offset - begin), bytes.data(), bytes.size());
+            next = offset + bytes.size();
+          });
+      if (next != begin + (offsets[i + 1] - offsets[i]))
+        biodali::FailAt(path, "pieces end at byte ", next, ", the range at ", begin + (offsets[i + 1] - offsets[i]));
     });
   });
 }

@@ -174,6 +174,19 @@ struct Frame {
 
 thread_local ScratchBuffer block_scratch;
 
+// Pieces handed to a DecodedBytesSink: small enough to stay in L1 beside the block's byte
+// planes in L2, big enough that a row rarely spans more than two.
+constexpr size_t kPieceNbytes = size_t{16} << 10;
+thread_local ScratchBuffer piece_scratch;
+
+// The checks DecodeBloscLz4FrameRange and its piecewise twin share: whole items only, from a
+// frame of whole items (so every block holds whole items too).
+bool HandlesRange(const Frame &frame, size_t byte_begin, size_t byte_end) {
+  if (!frame.ok || byte_end > frame.nbytes || byte_end <= byte_begin) return false;
+  return !frame.shuffled || (frame.nbytes % frame.typesize == 0 && byte_begin % frame.typesize == 0 &&
+                             byte_end % frame.typesize == 0);
+}
+
 }  // namespace
 
 bool DecodeBloscLz4Frame(ConstBytes src, Bytes dst) {
@@ -195,11 +208,7 @@ bool DecodeBloscLz4Frame(ConstBytes src, Bytes dst) {
 bool DecodeBloscLz4FrameRange(ConstBytes src, size_t byte_begin, Bytes dst) {
   Frame frame(src);
   const size_t byte_end = byte_begin + dst.size();
-  if (!frame.ok || byte_end > frame.nbytes || dst.empty()) return false;
-  // Whole items only, from a frame of whole items (so every block holds whole items too).
-  if (frame.shuffled && (frame.nbytes % frame.typesize != 0 || byte_begin % frame.typesize != 0 ||
-                         dst.size() % frame.typesize != 0))
-    return false;
+  if (!HandlesRange(frame, byte_begin, byte_end)) return false;
   std::byte *scratch = block_scratch.Get(frame.blocksize).data();
   for (size_t b = byte_begin / frame.blocksize; b * frame.blocksize < byte_end; ++b) {
     const size_t block_begin = b * frame.blocksize, block_nbytes = frame.BlockNbytes(b);
@@ -219,6 +228,33 @@ bool DecodeBloscLz4FrameRange(ConstBytes src, size_t byte_begin, Bytes dst) {
     frame.DecompressBlock(b, scratch, (hi - block_begin) / frame.typesize);
     UnshuffleItems(frame.typesize, block_nbytes, scratch, (lo - block_begin) / frame.typesize,
                    (hi - block_begin) / frame.typesize, out);
+  }
+  return true;
+}
+
+bool DecodeBloscLz4FrameRangeInPieces(ConstBytes src, size_t byte_begin, size_t byte_end,
+                                      DecodedBytesSink sink) {
+  Frame frame(src);
+  if (!HandlesRange(frame, byte_begin, byte_end)) return false;
+  std::byte *block = block_scratch.Get(frame.blocksize).data();
+  const size_t typesize = frame.shuffled ? frame.typesize : 1;
+  const size_t piece_items = kPieceNbytes / typesize;
+  std::byte *piece = frame.shuffled ? piece_scratch.Get(piece_items * typesize).data() : nullptr;
+  for (size_t b = byte_begin / frame.blocksize; b * frame.blocksize < byte_end; ++b) {
+    const size_t block_begin = b * frame.blocksize, block_nbytes = frame.BlockNbytes(b);
+    const size_t lo = std::max(byte_begin, block_begin), hi = std::min(byte_end, block_begin + block_nbytes);
+    if (!frame.shuffled) {
+      frame.DecompressBlock(b, block, hi - block_begin);
+      sink(lo, ConstBytes(block + (lo - block_begin), hi - lo));
+      continue;
+    }
+    const size_t first = (lo - block_begin) / typesize, end = (hi - block_begin) / typesize;
+    frame.DecompressBlock(b, block, end);
+    for (size_t i = first; i < end; i += piece_items) {
+      const size_t n = std::min(piece_items, end - i);
+      UnshuffleItems(typesize, block_nbytes, block, i, i + n, piece);
+      sink(block_begin + i * typesize, ConstBytes(piece, n * typesize));
+    }
   }
   return true;
 }

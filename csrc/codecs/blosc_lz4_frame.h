@@ -19,4 +19,10 @@ bool DecodeBloscLz4Frame(ConstBytes src, Bytes dst);
 // whole items of a frame of whole items.
 bool DecodeBloscLz4FrameRange(ConstBytes src, size_t byte_begin, Bytes dst);
 
+// DecodeBloscLz4FrameRange for bytes [byte_begin, byte_end), handed to `sink` in pieces of at
+// most 16 KiB as they are unshuffled, instead of into one buffer. Returns false, having
+// called nothing, in the same cases (and for an empty range).
+bool DecodeBloscLz4FrameRangeInPieces(ConstBytes src, size_t byte_begin, size_t byte_end,
+                                      DecodedBytesSink sink);
+
 }  // namespace biodali::codecs

@@ -8,8 +8,15 @@
 #include <cstdint>
 
 #include "codecs/buffer.h"
+#include "common/function_ref.h"
 
 namespace biodali::codecs {
+
+// Receives a range of a chunk's decoded bytes a piece at a time, in order: `bytes` are the
+// decoded bytes from byte `offset` of the chunk on, viewable only during the call. Decoders
+// hand out pieces small enough to stay in L1, so a caller that scatters them (rows into
+// their slots) reads them from cache instead of from a whole decoded chunk in memory.
+using DecodedBytesSink = FunctionRef<void(size_t offset, ConstBytes bytes)>;
 
 // bytes -> bytes: compressors and checksums.
 class BytesToBytesCodec {

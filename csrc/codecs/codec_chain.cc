@@ -80,6 +80,25 @@ void CodecChain::DecodeRange(ConstBytes src, size_t chunk_nbytes, size_t byte_be
   array_to_bytes_.FinishInPlace(dst);
 }
 
+void CodecChain::DecodeRangeInPieces(ConstBytes src, size_t chunk_nbytes, size_t byte_begin,
+                                     size_t byte_end, DecodedBytesSink sink) const {
+  if (byte_begin > byte_end || byte_end > chunk_nbytes) {
+    throw Error(StrCat("byte range [", byte_begin, ", ", byte_end, ") is outside a chunk of ",
+                       chunk_nbytes, " bytes"));
+  }
+  if (byte_begin == byte_end) return;
+  if (range_mode_ == RangeMode::kBlosc && !array_to_bytes_.swaps_bytes()) {
+    thread_local ScratchBuffer scratch[2];
+    ConstBytes frame = DecodeUnsized(std::span(bytes_to_bytes_).subspan(1), src, scratch);
+    blosc_->DecodeRangeInPieces(frame, chunk_nbytes, byte_begin, byte_end, sink);
+    return;
+  }
+  thread_local ScratchBuffer range;
+  Bytes out = range.Get(byte_end - byte_begin);
+  DecodeRange(src, chunk_nbytes, byte_begin, out);
+  sink(byte_begin, out);
+}
+
 int64_t CodecChain::FixedEncodedNbytes(int64_t decoded_nbytes) const {
   int64_t nbytes = decoded_nbytes;
   for (const auto &codec : bytes_to_bytes_) {

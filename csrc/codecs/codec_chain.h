@@ -39,6 +39,11 @@ class CodecChain final : public ArrayToBytesCodec {
   // scratch buffer and copy the range out.
   void DecodeRange(ConstBytes src, size_t chunk_nbytes, size_t byte_begin, Bytes dst) const;
 
+  // DecodeRange for bytes [byte_begin, byte_end), handed to `sink` in cache-sized pieces
+  // where the chain allows it (bytes -> blosc [-> crc32c], native byte order) and else in one.
+  void DecodeRangeInPieces(ConstBytes src, size_t chunk_nbytes, size_t byte_begin, size_t byte_end,
+                           DecodedBytesSink sink) const;
+
   // True when DecodeRange costs less than decoding the whole chunk: plain chains (the range
   // is a slice of the stored bytes, so a reader can read just that slice) and
   // bytes -> blosc [-> crc32c] (only the blosc blocks covering the range are decompressed).

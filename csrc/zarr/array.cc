@@ -95,6 +95,8 @@ class ArrayImpl final : public Array {
                   void *dst) const override;
   void DecodeReadChunkRange(int64_t chunk_index, int64_t element_begin, int64_t num_elements,
                             std::byte *dst) const override;
+  void DecodeReadChunkRangeInPieces(int64_t chunk_index, int64_t element_begin, int64_t num_elements,
+                                    codecs::DecodedBytesSink sink) const override;
   bool SupportsPartialDecode() const override { return read_chain_.SupportsPartialDecode(); }
   bool ReadEncodedReadChunk(std::span<const int64_t> coords,
                             std::vector<std::byte> *encoded) const override;
@@ -127,6 +129,11 @@ class ArrayImpl final : public Array {
   // (the whole chunk when dst holds read_chunk_nbytes_).
   void DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc, size_t byte_begin,
                      Bytes dst) const;
+  // DecodeLocated for bytes [byte_begin, byte_end), handed to `sink` in pieces.
+  void DecodeLocatedInPieces(const ReadOnlyFile &file, const ChunkLocation &loc, size_t byte_begin,
+                             size_t byte_end, codecs::DecodedBytesSink sink) const;
+  // Checks that elements [element_begin, +num_elements) lie in 1-D read chunk chunk_index.
+  void CheckChunkRange(int64_t chunk_index, int64_t element_begin, int64_t num_elements) const;
   void Fill(Bytes dst) const;
 
   std::string path_;
@@ -314,8 +321,8 @@ void ArrayImpl::DecodeReadChunk(std::span<const int64_t> coords, std::span<std::
   DecodeLocated(*source, loc, 0, dst);
 }
 
-void ArrayImpl::DecodeReadChunkRange(int64_t chunk_index, int64_t element_begin,
-                                     int64_t num_elements, std::byte *dst) const {
+void ArrayImpl::CheckChunkRange(int64_t chunk_index, int64_t element_begin,
+                                int64_t num_elements) const {
   if (ndim_ != 1) {
     FailAt(path_, "DecodeReadChunkRange needs a 1-D array; this one has ", ndim_,
            " dimensions");
@@ -327,6 +334,11 @@ void ArrayImpl::DecodeReadChunkRange(int64_t chunk_index, int64_t element_begin,
            ") of read chunk ", chunk_index, " are outside the chunk (", chunk_len,
            " elements) or the chunk grid (", read_grid_[0], " chunks)");
   }
+}
+
+void ArrayImpl::DecodeReadChunkRange(int64_t chunk_index, int64_t element_begin,
+                                     int64_t num_elements, std::byte *dst) const {
+  CheckChunkRange(chunk_index, element_begin, num_elements);
   if (num_elements == 0) return;
   const size_t elem_nbytes = DTypeSize(spec_.metadata.dtype);
   Bytes out(dst, static_cast<size_t>(num_elements) * elem_nbytes);
@@ -336,6 +348,67 @@ void ArrayImpl::DecodeReadChunkRange(int64_t chunk_index, int64_t element_begin,
   const ReadOnlyFile *source = nullptr;
   if (!Locate(coords, &file, &loc, &source)) return Fill(out);
   DecodeLocated(*source, loc, static_cast<size_t>(element_begin) * elem_nbytes, out);
+}
+
+void ArrayImpl::DecodeReadChunkRangeInPieces(int64_t chunk_index, int64_t element_begin,
+                                             int64_t num_elements, codecs::DecodedBytesSink sink) const {
+  CheckChunkRange(chunk_index, element_begin, num_elements);
+  if (num_elements == 0) return;
+  const size_t elem_nbytes = DTypeSize(spec_.metadata.dtype);
+  const size_t byte_begin = static_cast<size_t>(element_begin) * elem_nbytes;
+  const size_t byte_end = byte_begin + static_cast<size_t>(num_elements) * elem_nbytes;
+  const int64_t coords[1] = {chunk_index};
+  ChunkLocation loc;
+  ReadOnlyFile file;
+  const ReadOnlyFile *source = nullptr;
+  if (Locate(coords, &file, &loc, &source) && !read_chain_.is_plain()) {
+    DecodeLocatedInPieces(*source, loc, byte_begin, byte_end, sink);
+    return;
+  }
+  // Missing (fill value) or uncompressed chunks: read the range into scratch, hand it over.
+  Bytes range = Scratch().decoded.Get(byte_end - byte_begin);
+  if (source == nullptr) {
+    Fill(range);
+  } else {
+    DecodeLocated(*source, loc, byte_begin, range);
+  }
+  sink(byte_begin, range);
+}
+
+void ArrayImpl::DecodeLocatedInPieces(const ReadOnlyFile &file, const ChunkLocation &loc,
+                                      size_t byte_begin, size_t byte_end,
+                                      codecs::DecodedBytesSink sink) const {
+  const std::string &path = Scratch().path;
+  const size_t chunk_nbytes = static_cast<size_t>(read_chunk_nbytes_);
+  // As DecodeLocated: a whole chunk's pages are mapped up front, a range's as touched.
+  const bool whole = byte_begin == 0 && byte_end == chunk_nbytes;
+  ReadOnlyFile::Mapping mapping;
+  ConstBytes encoded;
+  if (whole || read_chain_.SupportsSelectiveRead()) {
+    mapping = file.Map(loc.offset, loc.nbytes, /*populate=*/whole, path);
+    encoded = mapping.bytes();
+  } else {
+    Bytes buffer = Scratch().encoded.Get(loc.nbytes);
+    file.ReadAt(loc.offset, buffer, path);
+    encoded = buffer;
+  }
+  // Errors from the sink are the caller's and already name what they are about.
+  bool sink_failed = false;
+  auto guarded_sink = [&](size_t offset, ConstBytes bytes) {
+    try {
+      sink(offset, bytes);
+    } catch (...) {
+      sink_failed = true;
+      throw;
+    }
+  };
+  try {
+    read_chain_.DecodeRangeInPieces(encoded, chunk_nbytes, byte_begin, byte_end, guarded_sink);
+  } catch (const Error &e) {
+    if (sink_failed) throw;
+    if (loc.inner_chunk >= 0) FailAt(path, "inner chunk ", loc.inner_chunk, ": ", e.what());
+    FailAt(path, e.what());
+  }
 }
 
 bool ArrayImpl::ReadEncodedReadChunk(std::span<const int64_t> coords,

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "codecs/codec.h"
 #include "common/dtype.h"
 
 namespace biodali::zarr {
@@ -60,6 +61,14 @@ class Array {
   // verified over the whole stored chunk). Thread-safe like DecodeReadChunk.
   virtual void DecodeReadChunkRange(int64_t chunk_index, int64_t element_begin,
                                     int64_t num_elements, std::byte *dst) const = 0;
+
+  // DecodeReadChunkRange handing the decoded bytes to `sink` in pieces, in order (offsets are
+  // bytes from the chunk's start), instead of into one buffer: with blosc chains the pieces
+  // are unshuffled into L1-sized scratch, so a caller scattering them never writes and
+  // re-reads a whole decoded chunk. An exception the sink throws passes through unchanged.
+  virtual void DecodeReadChunkRangeInPieces(int64_t chunk_index, int64_t element_begin,
+                                            int64_t num_elements,
+                                            codecs::DecodedBytesSink sink) const = 0;
 
   // True when DecodeReadChunkRange does less work than DecodeReadChunk for a part of a chunk:
   // uncompressed chunks (only the range is read) and bytes -> blosc [-> crc32c] chains (only

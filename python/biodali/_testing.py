@@ -36,7 +36,7 @@ def _lib() -> ctypes.CDLL:
     lib.biodali_zarr_read_strings.argtypes = [
         c_char_p, ctypes.c_void_p, c_size_t, ctypes.POINTER(c_size_t), p_i64, c_char_p, c_size_t]
     lib.biodali_zarr_read_chunk_ranges.argtypes = [
-        c_char_p, c_int, c_int64, p_i64, p_i64, p_i64, ctypes.c_void_p, c_size_t,
+        c_char_p, c_int, c_int, c_int64, p_i64, p_i64, p_i64, ctypes.c_void_p, c_size_t,
         ctypes.POINTER(c_int), c_char_p, c_size_t]
     lib.biodali_zarr_time_chunk_range.argtypes = [
         c_char_p, c_int, c_int64, c_int64, c_int64, c_int64, ctypes.POINTER(ctypes.c_double),
@@ -123,26 +123,31 @@ def read_strings(path) -> list[str]:
     return out
 
 
-def read_chunk_ranges(path, ranges, num_threads: int = 1):
+def read_chunk_ranges(path, ranges, num_threads: int = 1, in_pieces: bool = False):
     """Array::DecodeReadChunkRange of a 1-D array for each (chunk_index, element_begin,
     num_elements) in `ranges`, decoded by num_threads threads sharing one Array:
-    (list of arrays, supports_partial_decode)."""
+    (list of arrays, supports_partial_decode). in_pieces: DecodeReadChunkRangeInPieces
+    instead (pieces checked to arrive in order and tile each range)."""
     info = zarr_info(path)
     table = np.ascontiguousarray(np.asarray(ranges, dtype=np.int64).reshape(-1, 3).T)
     counts = np.maximum(table[2], 0)
     out = np.empty(int(counts.sum()), dtype=np.dtype(info["dtype"]))
     partial = ctypes.c_int()
     p_i64 = ctypes.POINTER(ctypes.c_int64)
-    _call(_lib().biodali_zarr_read_chunk_ranges, _path(path), int(num_threads), table.shape[1],
+    _call(_lib().biodali_zarr_read_chunk_ranges, _path(path), int(num_threads), int(in_pieces),
+          table.shape[1],
           table[0].ctypes.data_as(p_i64), table[1].ctypes.data_as(p_i64),
           table[2].ctypes.data_as(p_i64), out.ctypes.data_as(ctypes.c_void_p), out.nbytes,
           ctypes.byref(partial))
     return np.split(out, np.cumsum(counts)[:-1]), bool(partial.value)
 
 
-def read_chunk_range(path, chunk_index: int, element_begin: int, num_elements: int):
-    """Array::DecodeReadChunkRange of one range: (elements, supports_partial_decode)."""
-    parts, partial = read_chunk_ranges(path, [(chunk_index, element_begin, num_elements)])
+def read_chunk_range(path, chunk_index: int, element_begin: int, num_elements: int,
+                     in_pieces: bool = False):
+    """Array::DecodeReadChunkRange (or ...InPieces) of one range: (elements,
+    supports_partial_decode)."""
+    parts, partial = read_chunk_ranges(path, [(chunk_index, element_begin, num_elements)],
+                                       in_pieces=in_pieces)
     return parts[0], partial
 
 
