@@ -7,7 +7,10 @@ Runs with the biodali venv, from anywhere (paths are resolved against the reposi
         --batch-size 1024 --out /tmp/results                         # smoke run
 
 Steps: (a) reads every file of the collection once so that all figures are for a warm page
-cache, after checking that MemAvailable can hold the collection plus --headroom-gib;
+cache, after checking that MemAvailable can hold the collection plus --headroom-gib; with
+--page-cache fresh (the default) each file's cached pages are dropped first (posix_fadvise
+DONTNEED), so the cache holds the collection as one sequential read leaves it, whatever state
+earlier reads and proactive reclaim left it in (see page_cache_folios.py);
 (b) for each run and each config CHUNKxPRELOAD runs the annbatch contender, then the biodali
 contender, each as its own process (contenders/annbatch_loader.py under --annbatch-python,
 contenders/biodali_reader.py under --biodali-python), with the same seed, batch size and
@@ -72,6 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="read the collection only once, not again before every contender run "
                         "(kernels that reclaim cold page cache proactively, e.g. DAMON pageout "
                         "schemes, otherwise evict parts of it between runs)")
+    p.add_argument("--page-cache", choices=["fresh", "as-is"], default="fresh",
+                   help="fresh: drop the collection's cached pages and read them back once before "
+                        "the runs (reproducible: large folios where the kernel and filesystem use "
+                        "them); as-is: only read it, keeping whatever folios the cache holds "
+                        "(default %(default)s)")
     p.add_argument("--allow-low-memory", action="store_true",
                    help="go on when MemAvailable < collection + headroom (figures then not warm cache)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per contender process")
@@ -144,7 +152,26 @@ def collection_files(path: Path) -> list[Path]:
     return sorted(p for p in Path(path).rglob("*") if p.is_file())
 
 
-def warm_page_cache(path: Path, headroom_gib: float, allow_low_memory: bool) -> dict:
+def drop_cached_pages(files: list[Path]) -> None:
+    """Asks the kernel to drop the files' clean cached pages (no privileges needed)."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def folio_report(data: str) -> dict:
+    """page_cache_folios.py over the X shards of the collection, in its own process."""
+    files = sorted(str(f) for f in Path(data).glob("*/X/*/c/*"))[:24] or \
+        [str(f) for f in collection_files(Path(data))[:24]]
+    res = run_json([sys.executable, str(HERE / "page_cache_folios.py"), *files], timeout=600)
+    res.pop("command", None)
+    return res
+
+
+def warm_page_cache(path: Path, headroom_gib: float, allow_low_memory: bool, fresh: bool) -> dict:
     files = collection_files(path)
     nbytes = sum(f.stat().st_size for f in files)
     mem = meminfo()
@@ -159,9 +186,11 @@ def warm_page_cache(path: Path, headroom_gib: float, allow_low_memory: bool) -> 
                      f"{msg}. Free memory or pass --allow-low-memory (figures would then mix in "
                      f"disk reads).")
         print(f"WARNING: {msg}: the collection may not stay cached", file=sys.stderr)
-    print(f"warming the page cache: {msg}", file=sys.stderr, flush=True)
+    print(f"warming the page cache{' (dropped first)' if fresh else ''}: {msg}", file=sys.stderr, flush=True)
+    if fresh:
+        drop_cached_pages(files)
     seconds = read_files(files)
-    return {"files": len(files), "bytes": nbytes, "read_seconds": seconds,
+    return {"files": len(files), "bytes": nbytes, "read_seconds": seconds, "fresh": fresh,
             "read_gb_per_s": nbytes / seconds / 1e9 if seconds > 0 else None,
             "mem_available_before": mem["MemAvailable"], "enough_ram": enough}
 
@@ -259,6 +288,17 @@ def _fmt_pct(v):
     return "n/a" if v is None else f"{100 * v:.0f}%"
 
 
+def folio_line(cache: dict) -> str:
+    def one(f):
+        if not f or "error" in f or f.get("share_in_folios_ge_64k") is None:
+            return f"not measured ({(f or {}).get('error', 'no data')})"
+        return (f"{f['share_in_folios_ge_64k']:.0%} of cached bytes in folios >= 64 KiB, "
+                f"{f['share_in_folios_ge_2m']:.0%} in 2 MiB ones")
+    return (f"before the runs {one(cache.get('folios_before_runs'))}; after them "
+            f"{one(cache.get('folios_after_runs'))}. Mapping 4 KiB folios costs the kernel several "
+            "times more per byte than large ones (biodali maps shards; annbatch copies with pread).")
+
+
 def render_markdown(report: dict) -> str:
     a = report["args"]
     m = report["machine"]
@@ -277,11 +317,14 @@ def render_markdown(report: dict) -> str:
         "",
         data_line,
         "- **Warm page cache**: every file of the collection was read once before the runs "
-        f"({cache.get('read_gb_per_s') or 0:.2f} GB/s for that first read; "
+        + ("after its cached pages were dropped (`--page-cache fresh`: the cache holds it as one "
+           "sequential read leaves it) " if cache.get("fresh") else "(`--page-cache as-is`) ")
+        + f"({cache.get('read_gb_per_s') or 0:.2f} GB/s for that first read; "
         f"enough RAM to keep it cached: {cache.get('enough_ram')})"
         + ("." if a.get("no_rewarm") else
            " and again before every contender run (kernels with proactive reclaim, such as "
            "DAMON pageout schemes, evict cold page cache between runs)."),
+        "- Page cache folios (`page_cache_folios.py`, X shards): " + folio_line(cache),
         f"- batch_size {a['batch_size']}, {a['cells']:,} timed cells per run after "
         f"{a['warmup_batches']} warm-up batches, {a['runs']} runs per config, annbatch then biodali "
         "interleaved in each run, each in its own process; shuffle on in both.",
@@ -400,7 +443,9 @@ def main(argv=None) -> int:
             "pipeline": "normalize(target_sum=1e4, log1p) -> select_genes -> densify(float32)",
             "annbatch_side": "contenders/_common.py scipy_transforms on each scipy CSR batch",
             "n_genes": args.transforms}
-    report["page_cache"] = warm_page_cache(Path(args.data), args.headroom_gib, args.allow_low_memory)
+    report["page_cache"] = warm_page_cache(Path(args.data), args.headroom_gib, args.allow_low_memory,
+                                           fresh=args.page_cache == "fresh")
+    report["page_cache"]["folios_before_runs"] = folio_report(args.data)
 
     env = child_env(args.data)
     report["configs"] = [{"chunk_size": c, "preload_nchunks": p, "runs": {n: [] for n in args.contender_list}}
@@ -418,6 +463,8 @@ def main(argv=None) -> int:
                 res["rewarm_seconds"] = rewarm_seconds
                 cfg["runs"][name].append(res)
                 print(f"  {short(res)}", file=sys.stderr, flush=True)
+
+    report["page_cache"]["folios_after_runs"] = folio_report(args.data)
 
     if not args.no_decode_ceiling:
         print("decode ceiling:", file=sys.stderr, flush=True)
