@@ -11,8 +11,8 @@ cache, after checking that MemAvailable can hold the collection plus --headroom-
 --page-cache fresh (the default) each file's cached pages are dropped first (posix_fadvise
 DONTNEED), so the cache holds the collection as one sequential read leaves it, whatever state
 earlier reads and proactive reclaim left it in (see page_cache_folios.py);
-(b) for each run and each config CHUNKxPRELOAD runs the annbatch contender, then the biodali
-contender, each as its own process (contenders/annbatch_loader.py under --annbatch-python,
+(b) for each run and each config CHUNKxPRELOAD runs the annbatch contender and the biodali
+contender (in alternating order: annbatch first in odd runs), each as its own process (contenders/annbatch_loader.py under --annbatch-python,
 contenders/biodali_reader.py under --biodali-python), with the same seed, batch size and
 number of timed cells, and collects the JSON line each prints; (c) runs decode_ceiling.py once;
 (d) writes results/reader-<YYYYMMDD-HHMM>.json (every raw run + machine info) and
@@ -326,8 +326,8 @@ def render_markdown(report: dict) -> str:
            "DAMON pageout schemes, evict cold page cache between runs)."),
         "- Page cache folios (`page_cache_folios.py`, X shards): " + folio_line(cache),
         f"- batch_size {a['batch_size']}, {a['cells']:,} timed cells per run after "
-        f"{a['warmup_batches']} warm-up batches, {a['runs']} runs per config, annbatch then biodali "
-        "interleaved in each run, each in its own process; shuffle on in both.",
+        f"{a['warmup_batches']} warm-up batches, {a['runs']} runs per config, annbatch and biodali "
+        "interleaved in each run (annbatch first in odd runs, biodali first in even ones), each in its own process; shuffle on in both.",
         f"- Machine: {m['cpu_model']}, {m['nproc']} cores, {m['mem_total_bytes'] / GIB:.1f} GiB RAM, "
         f"load average at start {m['loadavg_at_start'][0]:.2f}.",
         "- annbatch: `annbatch.Loader(batch_size, chunk_size, preload_nchunks, shuffle=True, "
@@ -453,7 +453,10 @@ def main(argv=None) -> int:
     for run in range(1, args.runs + 1):
         seed = args.seed + run - 1
         for cfg in report["configs"]:
-            for name in args.contender_list:
+            # The order alternates between runs: on small VMs the process that runs right after
+            # another tends to be slower, which would otherwise always hit the same contender.
+            order = args.contender_list if run % 2 == 1 else args.contender_list[::-1]
+            for name in order:
                 print(f"run {run}/{args.runs} chunk_size={cfg['chunk_size']} "
                       f"preload_nchunks={cfg['preload_nchunks']} {name}:", file=sys.stderr, flush=True)
                 rewarm_seconds = None if args.no_rewarm else read_files(collection_files(Path(args.data)))
