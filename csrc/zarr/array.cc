@@ -129,6 +129,9 @@ class ArrayImpl final : public Array {
   // (the whole chunk when dst holds read_chunk_nbytes_).
   void DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc, size_t byte_begin,
                      Bytes dst) const;
+  // The located chunk's encoded bytes: mapped (*mapping keeps them) or read into scratch.
+  ConstBytes EncodedBytes(const ReadOnlyFile &file, const ChunkLocation &loc, bool whole,
+                          ReadOnlyFile::Mapping *mapping) const;
   // DecodeLocated for bytes [byte_begin, byte_end), handed to `sink` in pieces.
   void DecodeLocatedInPieces(const ReadOnlyFile &file, const ChunkLocation &loc, size_t byte_begin,
                              size_t byte_end, codecs::DecodedBytesSink sink) const;
@@ -269,6 +272,22 @@ bool ArrayImpl::Locate(std::span<const int64_t> coords, ReadOnlyFile *file,
   return true;
 }
 
+ConstBytes ArrayImpl::EncodedBytes(const ReadOnlyFile &file, const ChunkLocation &loc, bool whole,
+                                   ReadOnlyFile::Mapping *mapping) const {
+  // Decoders read the chunk's bytes straight from the page cache (pread's copy costs more
+  // than the page-table work of mapping on small VMs). A whole chunk is read in full, so its
+  // pages are mapped up front; a range of a blosc frame touches only the header, the block
+  // table and the blocks that hold it, so pages are mapped as touched.
+  const std::string &path = Scratch().path;
+  if (whole || read_chain_.SupportsSelectiveRead()) {
+    *mapping = file.Map(loc.offset, loc.nbytes, /*populate=*/whole, path);
+    return mapping->bytes();
+  }
+  Bytes buffer = Scratch().encoded.Get(loc.nbytes);
+  file.ReadAt(loc.offset, buffer, path);
+  return buffer;
+}
+
 void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc,
                               size_t byte_begin, Bytes dst) const {
   const std::string &path = Scratch().path;
@@ -285,21 +304,8 @@ void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc
     read_chain_.FinishInPlace(dst);
     return;
   }
-  // Decoders read the chunk's bytes straight from the page cache (pread's copy costs more
-  // than the page-table work of mapping on small VMs). A whole chunk is read in full, so its
-  // pages are mapped up front; a range of a blosc frame touches only the header, the block
-  // table and the blocks that hold it, so pages are mapped as touched.
-  const bool whole = dst.size() == chunk_nbytes;
   ReadOnlyFile::Mapping mapping;
-  ConstBytes encoded;
-  if (whole || read_chain_.SupportsSelectiveRead()) {
-    mapping = file.Map(loc.offset, loc.nbytes, /*populate=*/whole, path);
-    encoded = mapping.bytes();
-  } else {
-    Bytes buffer = Scratch().encoded.Get(loc.nbytes);
-    file.ReadAt(loc.offset, buffer, path);
-    encoded = buffer;
-  }
+  const ConstBytes encoded = EncodedBytes(file, loc, /*whole=*/dst.size() == chunk_nbytes, &mapping);
   try {
     if (dst.size() == chunk_nbytes) {
       read_chain_.Decode(encoded, dst);
@@ -380,18 +386,9 @@ void ArrayImpl::DecodeLocatedInPieces(const ReadOnlyFile &file, const ChunkLocat
                                       codecs::DecodedBytesSink sink) const {
   const std::string &path = Scratch().path;
   const size_t chunk_nbytes = static_cast<size_t>(read_chunk_nbytes_);
-  // As DecodeLocated: a whole chunk's pages are mapped up front, a range's as touched.
-  const bool whole = byte_begin == 0 && byte_end == chunk_nbytes;
   ReadOnlyFile::Mapping mapping;
-  ConstBytes encoded;
-  if (whole || read_chain_.SupportsSelectiveRead()) {
-    mapping = file.Map(loc.offset, loc.nbytes, /*populate=*/whole, path);
-    encoded = mapping.bytes();
-  } else {
-    Bytes buffer = Scratch().encoded.Get(loc.nbytes);
-    file.ReadAt(loc.offset, buffer, path);
-    encoded = buffer;
-  }
+  const ConstBytes encoded =
+      EncodedBytes(file, loc, /*whole=*/byte_begin == 0 && byte_end == chunk_nbytes, &mapping);
   // Errors from the sink are the caller's and already name what they are about.
   bool sink_failed = false;
   auto guarded_sink = [&](size_t offset, ConstBytes bytes) {
