@@ -131,6 +131,19 @@ def test_indices_out_of_range(adata, tmp_path):
     expect_error(r"X/indices.*out of range", path)
 
 
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_uint16_indices_out_of_range(adata, tmp_path, where):
+    """annbatch's uint16 indices are range-checked while they are widened to int32."""
+    path = write_zarr(adata, tmp_path / "a.zarr")
+    indices = adata.X.indices.astype(np.uint16)
+    bad = {"first": 0, "middle": len(indices) // 2 + 3, "last": len(indices) - 1}[where]
+    indices[bad] = adata.n_vars + 3
+    chunks = zarr.open_array(f"{path}/X/indices", mode="r").chunks
+    zarr.create_array(f"{path}/X/indices", data=indices, chunks=chunks, overwrite=True)
+    expect_error(rf"X/indices.*column index {adata.n_vars + 3} at element {bad} is out of range "
+                 rf"for {adata.n_vars} columns", path)
+
+
 def test_stores_disagree_on_columns(adata, tmp_path):
     a = write_zarr(adata, tmp_path / "a.zarr")
     b = write_zarr(adata[:, :20].copy(), tmp_path / "b.zarr")

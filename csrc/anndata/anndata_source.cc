@@ -259,10 +259,18 @@ void AnnDataSource::LoadCsr(Window &window, const RowPlan &plan, ThreadPool &poo
         if (piece_end <= end) next_piece = p + 1;
         if (hi <= lo) continue;
         const std::byte *src = bytes.data() + (lo - begin) * item;
+        std::byte *dst = field.data.data() + (piece.dst_element + lo - piece.chunk_offset) * dst_item;
+        if (task.field == 1 && meta.dtype == DType::kUInt16 && field.dtype == DType::kInt32) {
+          // annbatch's uint16 indices: range-checked while they are widened (one pass)
+          const uint16_t hi_index = StreamWidenU16ToI32Max(reinterpret_cast<const uint16_t *>(src),
+                                                           reinterpret_cast<int32_t *>(dst), hi - lo);
+          if (hi_index >= task.num_cols)
+            CheckIndicesAny(src, meta.dtype, hi - lo, task.num_cols, *task.array, task.chunk * chunk_elements + lo);
+          continue;
+        }
         if (task.field == 1)
           CheckIndicesAny(src, meta.dtype, hi - lo, task.num_cols, *task.array, task.chunk * chunk_elements + lo);
-        StreamElements(src, meta.dtype, field.data.data() + (piece.dst_element + lo - piece.chunk_offset) * dst_item,
-                       field.dtype, hi - lo);
+        StreamElements(src, meta.dtype, dst, field.dtype, hi - lo);
       }
     };
     int64_t needed = 0;

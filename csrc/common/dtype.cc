@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -201,12 +202,46 @@ __attribute__((target("avx2"))) void StreamWidenU16ToI32Avx2(const uint16_t *src
   for (; i < n; ++i) dst[i] = src[i];
 }
 
+__attribute__((target("avx2"))) uint16_t StreamWidenU16ToI32MaxAvx2(const uint16_t *src, int32_t *dst,
+                                                                     size_t n) {
+  uint16_t hi = 0;
+  size_t i = 0;
+  for (; i < n && reinterpret_cast<uintptr_t>(dst + i) % 32 != 0; ++i) {
+    dst[i] = src[i];
+    hi = std::max(hi, src[i]);
+  }
+  __m128i max8 = _mm_setzero_si128();
+  for (; i + 8 <= n; i += 8) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i *>(src + i));
+    max8 = _mm_max_epu16(max8, v);
+    _mm256_stream_si256(reinterpret_cast<__m256i *>(dst + i), _mm256_cvtepu16_epi32(v));
+  }
+  for (; i < n; ++i) {
+    dst[i] = src[i];
+    hi = std::max(hi, src[i]);
+  }
+  alignas(16) uint16_t lanes[8];
+  _mm_store_si128(reinterpret_cast<__m128i *>(lanes), max8);
+  for (uint16_t lane : lanes) hi = std::max(hi, lane);
+  return hi;
+}
+
 const bool kHasAvx2 = __builtin_cpu_supports("avx2");
 
 }  // namespace
 
 void StreamFence() {
   if (kHasAvx2) _mm_sfence();
+}
+
+uint16_t StreamWidenU16ToI32Max(const uint16_t *src, int32_t *dst, size_t num_elements) {
+  if (kHasAvx2) return StreamWidenU16ToI32MaxAvx2(src, dst, num_elements);
+  uint16_t hi = 0;
+  for (size_t i = 0; i < num_elements; ++i) {
+    dst[i] = src[i];
+    hi = std::max(hi, src[i]);
+  }
+  return hi;
 }
 
 void StreamElements(const void *src, DType src_dtype, void *dst, DType dst_dtype,

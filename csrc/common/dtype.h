@@ -38,6 +38,10 @@ void ConvertElements(const void *src, DType src_dtype, void *dst, DType dst_dtyp
 void StreamElements(const void *src, DType src_dtype, void *dst, DType dst_dtype,
                     size_t num_elements);
 
+// StreamElements(src, kUInt16, dst, kInt32, n) that also returns the largest value copied (0
+// for n == 0): CSR column indices are range-checked in the same pass that widens them.
+uint16_t StreamWidenU16ToI32Max(const uint16_t *src, int32_t *dst, size_t num_elements);
+
 // Orders the streaming stores made by this thread before its later stores (sfence).
 void StreamFence();
 
