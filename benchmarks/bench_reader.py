@@ -337,7 +337,7 @@ def render_markdown(report: dict) -> str:
         f"num_io_threads={a['num_io_threads']}, prefetch_windows={a['prefetch_windows']})` in a CPU "
         "DALI pipeline (num_threads = cores, prefetch_queue_depth 1); batches as CSR numpy arrays"
         + (" wrapped in scipy.sparse.csr_matrix." if a.get("biodali_scipy") else
-           " (data, indices, indptr) via biodali.batch.csr_arrays."),
+           " (data, indices, indptr) via biodali.batch.csr_arrays, indptr from a values.shape() output."),
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.get("packages", {}).items())),
     ]
     if ceil_cps:

@@ -97,8 +97,9 @@ def test_categories_differing_between_stores_are_unified(adata, tmp_path):
 
 
 def test_csr_arrays_of_a_batch_equal_anndata_rows(store):
-    """biodali.batch.csr_arrays / csr_batch: one batch as zero-copy CSR arrays."""
-    from nvidia.dali import fn, pipeline_def
+    """biodali.batch.csr_arrays / csr_batch: one batch as zero-copy CSR arrays, with the row
+    lengths from the TensorList or from a `values.shape()` output."""
+    from nvidia.dali import fn, pipeline_def, types
 
     from biodali.batch import csr_arrays, csr_batch
 
@@ -109,18 +110,21 @@ def test_csr_arrays_of_a_batch_equal_anndata_rows(store):
         values, indices, row = fn.biodali.readers.anndata(
             path=store, random_shuffle=True, seed=3, chunk_size=8, preload_chunks=4,
             return_row_index=True)
-        return values, indices, row
+        return values, indices, row, values.shape(dtype=types.INT64)
 
     p = pipe()
     p.build()
     for _ in range(3):
-        values, indices, row = p.run()
+        values, indices, row, lengths = p.run()
         rows = np.asarray(row.as_tensor())
-        data, cols, indptr = csr_arrays(values, indices)
         expected = oracle[rows]
-        np.testing.assert_array_equal(indptr, expected.indptr)
-        np.testing.assert_array_equal(data, expected.data)
-        np.testing.assert_array_equal(cols, expected.indices)
+        for given in (None, lengths, np.asarray(lengths.as_tensor()).ravel()):
+            data, cols, indptr = csr_arrays(values, indices, given)
+            np.testing.assert_array_equal(indptr, expected.indptr)
+            np.testing.assert_array_equal(data, expected.data)
+            np.testing.assert_array_equal(cols, expected.indices)
         assert (csr_batch(values, indices, oracle.shape[1]) != expected).nnz == 0
     with pytest.raises(ValueError, match="rows"):
         csr_arrays(values, row)
+    with pytest.raises(ValueError, match="lengths holds 39 values for 40 rows"):
+        csr_arrays(values, indices, np.asarray(lengths.as_tensor()).ravel()[:39])

@@ -14,7 +14,8 @@ operators ``normalize`` -> ``select_genes`` -> ``densify``) and each batch ends 
 numpy array.
 
 Each ``pipe.run()`` batch ends as host CSR arrays (data, indices, indptr) via
-``biodali.batch.csr_arrays`` (zero-copy views of DALI's contiguous outputs), the same form
+``biodali.batch.csr_arrays`` (zero-copy views of DALI's contiguous outputs; indptr from a
+``values.shape()`` output, as the README recommends), the same form
 as annbatch's scipy CSR batches (``--scipy`` additionally wraps them in a scipy.sparse.csr_matrix).
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ def main(argv=None) -> dict:
 
     import biodali  # loads the plugin
     from biodali.batch import csr_arrays
-    from nvidia.dali import fn, pipeline_def
+    from nvidia.dali import fn, pipeline_def, types
 
     n_rows, n_cols = _common.x_shape(args.data)
     genes = [int(g) for g in np.load(args.genes_file)] if args.genes_file else None
@@ -67,7 +68,9 @@ def main(argv=None) -> dict:
             normalized = expression.normalize(values, target_sum=1e4, log1p=True)
             subset_values, subset_indices = expression.select_genes(normalized, indices, genes=genes)
             return expression.densify(subset_values, subset_indices, n_features=len(genes))
-        return values, indices
+        # The row lengths as an output of their own: indptr from one array, not from a Python
+        # object per row (TensorList.shape()).
+        return values, indices, values.shape(dtype=types.INT64)
 
     p = pipe()
     p.build()
@@ -77,8 +80,8 @@ def main(argv=None) -> dict:
         return _run_transforms(args, p, n_rows, n_cols, np)
 
     def csr():
-        values, indices = p.run()
-        data, idx, indptr = csr_arrays(values, indices)
+        values, indices, lengths = p.run()
+        data, idx, indptr = csr_arrays(values, indices, lengths)
         if args.scipy:
             import scipy.sparse as sp
             return sp.csr_matrix((data, idx, indptr), shape=(len(indptr) - 1, n_cols))

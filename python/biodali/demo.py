@@ -27,7 +27,7 @@ def ensure_dataset(data_dir: Path, n_cells: int, seed: int = 0) -> Path:
 
 def main(args) -> int:
     import biodali  # noqa: F401  (loads the plugin)
-    from nvidia.dali import fn, pipeline_def
+    from nvidia.dali import fn, pipeline_def, types
 
     from biodali.batch import csr_arrays
 
@@ -41,7 +41,7 @@ def main(args) -> int:
         values, indices, cell_type, row = fn.biodali.readers.anndata(
             path=str(path), obs_columns=["cell_type"], random_shuffle=True, seed=0,
             pad_last_batch=True, return_row_index=True, name="reader")
-        return values, indices, cell_type, row
+        return values, indices, cell_type, row, values.shape(dtype=types.INT64)
 
     p = pipe()
     p.build()
@@ -53,9 +53,9 @@ def main(args) -> int:
         cells = nnz = 0
         seen = np.zeros(n_rows, dtype=np.int64)
         for _ in range(batches_per_epoch):
-            values, indices, cell_type, row = p.run()
+            values, indices, cell_type, row, lengths = p.run()
             np.add.at(seen, np.asarray(row.as_tensor()), 1)
-            data, cols, offsets = csr_arrays(values, indices)
+            data, cols, offsets = csr_arrays(values, indices, lengths)
             labels = np.asarray(cell_type.as_tensor())
             cells += len(labels)
             nnz += len(data)
