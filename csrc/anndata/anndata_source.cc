@@ -260,14 +260,12 @@ void AnnDataSource::LoadCsr(Window &window, const RowPlan &plan, ThreadPool &poo
         if (hi <= lo) continue;
         const std::byte *src = bytes.data() + (lo - begin) * item;
         std::byte *dst = field.data.data() + (piece.dst_element + lo - piece.chunk_offset) * dst_item;
-        if (task.field == 1 && meta.dtype == DType::kUInt16 && field.dtype == DType::kInt32) {
-          // annbatch's uint16 indices: range-checked while they are widened (one pass)
-          const uint16_t hi_index = StreamWidenU16ToI32Max(reinterpret_cast<const uint16_t *>(src),
-                                                           reinterpret_cast<int32_t *>(dst), hi - lo);
-          if (hi_index >= task.num_cols)
-            CheckIndicesAny(src, meta.dtype, hi - lo, task.num_cols, *task.array, task.chunk * chunk_elements + lo);
+        // annbatch's uint16 indices are range-checked in the pass that widens them; the full
+        // check below then runs only to name the culprit.
+        if (task.field == 1 && meta.dtype == DType::kUInt16 && field.dtype == DType::kInt32 &&
+            StreamWidenU16ToI32Max(reinterpret_cast<const uint16_t *>(src), reinterpret_cast<int32_t *>(dst),
+                                   hi - lo) < task.num_cols)
           continue;
-        }
         if (task.field == 1)
           CheckIndicesAny(src, meta.dtype, hi - lo, task.num_cols, *task.array, task.chunk * chunk_elements + lo);
         StreamElements(src, meta.dtype, dst, field.dtype, hi - lo);

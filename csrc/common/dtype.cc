@@ -193,15 +193,8 @@ __attribute__((target("avx2"))) void StreamBytesAvx2(const std::byte *src, std::
   std::memcpy(dst + i, src + i, n - i);
 }
 
-__attribute__((target("avx2"))) void StreamWidenU16ToI32Avx2(const uint16_t *src, int32_t *dst, size_t n) {
-  size_t i = 0;
-  for (; i < n && reinterpret_cast<uintptr_t>(dst + i) % 32 != 0; ++i) dst[i] = src[i];
-  for (; i + 8 <= n; i += 8)
-    _mm256_stream_si256(reinterpret_cast<__m256i *>(dst + i),
-                        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i *>(src + i))));
-  for (; i < n; ++i) dst[i] = src[i];
-}
-
+// uint16 -> int32 with streaming stores; returns the largest value (one max per 8 values, so
+// plain widening uses it too).
 __attribute__((target("avx2"))) uint16_t StreamWidenU16ToI32MaxAvx2(const uint16_t *src, int32_t *dst,
                                                                      size_t n) {
   uint16_t hi = 0;
@@ -250,7 +243,7 @@ void StreamElements(const void *src, DType src_dtype, void *dst, DType dst_dtype
     StreamBytesAvx2(static_cast<const std::byte *>(src), static_cast<std::byte *>(dst),
                     num_elements * DTypeSize(src_dtype));
   } else if (kHasAvx2 && src_dtype == DType::kUInt16 && dst_dtype == DType::kInt32) {
-    StreamWidenU16ToI32Avx2(static_cast<const uint16_t *>(src), static_cast<int32_t *>(dst), num_elements);
+    StreamWidenU16ToI32MaxAvx2(static_cast<const uint16_t *>(src), static_cast<int32_t *>(dst), num_elements);
   } else {
     ConvertElements(src, src_dtype, dst, dst_dtype, num_elements);
   }
