@@ -98,20 +98,6 @@ void BloscCodec::DecodeRangeInto(ConstBytes src, size_t decoded_nbytes, size_t b
   if (!aligned) std::memcpy(dst.data(), out + (byte_begin - first_item * typesize), dst.size());
 }
 
-void BloscCodec::DecodeRangeInPieces(ConstBytes src, size_t decoded_nbytes, size_t byte_begin,
-                                     size_t byte_end, DecodedBytesSink sink) const {
-  CheckFrame(src, decoded_nbytes);
-  if (byte_begin > byte_end || byte_end > decoded_nbytes) {
-    throw Error(StrCat("blosc: byte range [", byte_begin, ", ", byte_end, ") is outside a frame of ",
-                       decoded_nbytes, " bytes"));
-  }
-  if (byte_begin == byte_end || DecodeBloscLz4FrameRangeInPieces(src, byte_begin, byte_end, sink)) return;
-  thread_local ScratchBuffer range;
-  Bytes out = range.Get(byte_end - byte_begin);
-  DecodeRangeInto(src, decoded_nbytes, byte_begin, out);
-  sink(byte_begin, out);
-}
-
 ConstBytes BloscCodec::Decode(ConstBytes src, ScratchBuffer *scratch) const {
   Bytes out = scratch->Get(CheckedDecodedNbytes(src));
   DecodeInto(src, out);

@@ -19,11 +19,6 @@ class BloscCodec final : public BytesToBytesCodec {
   void DecodeRangeInto(ConstBytes src, size_t decoded_nbytes, size_t byte_begin,
                        Bytes dst) const;
 
-  // DecodeRangeInto for bytes [byte_begin, byte_end), handed to `sink` in pieces (see
-  // DecodedBytesSink) rather than written to one buffer.
-  void DecodeRangeInPieces(ConstBytes src, size_t decoded_nbytes, size_t byte_begin,
-                           size_t byte_end, DecodedBytesSink sink) const;
-
   // Validates the frame against its length and that it decodes to `decoded_nbytes` bytes.
   static void CheckFrame(ConstBytes src, size_t decoded_nbytes);
   // DecodeInto without biodali's lz4 frame decoder (tests compare the two).

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "codecs/blosc_codec.h"
+#include "codecs/blosc_lz4_frame.h"
 #include "codecs/crc32c.h"
 #include "common/error.h"
 
@@ -87,13 +88,18 @@ void CodecChain::DecodeRangeInPieces(ConstBytes src, size_t chunk_nbytes, size_t
                        chunk_nbytes, " bytes"));
   }
   if (byte_begin == byte_end) return;
+  thread_local ScratchBuffer range;
   if (range_mode_ == RangeMode::kBlosc && !array_to_bytes_.swaps_bytes()) {
     thread_local ScratchBuffer scratch[2];
     ConstBytes frame = DecodeUnsized(std::span(bytes_to_bytes_).subspan(1), src, scratch);
-    blosc_->DecodeRangeInPieces(frame, chunk_nbytes, byte_begin, byte_end, sink);
+    BloscCodec::CheckFrame(frame, chunk_nbytes);
+    if (DecodeBloscLz4FrameRangeInPieces(frame, byte_begin, byte_end, sink)) return;
+    // Frames biodali's lz4 decoder does not handle: the range in one piece, from c-blosc.
+    Bytes out = range.Get(byte_end - byte_begin);
+    blosc_->DecodeRangeInto(frame, chunk_nbytes, byte_begin, out);
+    sink(byte_begin, out);
     return;
   }
-  thread_local ScratchBuffer range;
   Bytes out = range.Get(byte_end - byte_begin);
   DecodeRange(src, chunk_nbytes, byte_begin, out);
   sink(byte_begin, out);

@@ -81,6 +81,13 @@ void CopyBox(const std::byte *src, const int64_t *src_shape, const int64_t *src_
   }
 }
 
+// A codec's error (which names only the problem) as one naming the file and, in a shard, the
+// inner chunk.
+[[noreturn]] void FailDecoding(const std::string &path, int64_t inner_chunk, const Error &e) {
+  if (inner_chunk >= 0) FailAt(path, "inner chunk ", inner_chunk, ": ", e.what());
+  FailAt(path, e.what());
+}
+
 class ArrayImpl final : public Array {
  public:
   ArrayImpl(std::string path, ArraySpec spec);
@@ -313,8 +320,7 @@ void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc
       read_chain_.DecodeRange(encoded, chunk_nbytes, byte_begin, dst);
     }
   } catch (const Error &e) {
-    if (loc.inner_chunk >= 0) FailAt(path, "inner chunk ", loc.inner_chunk, ": ", e.what());
-    FailAt(path, e.what());
+    FailDecoding(path, loc.inner_chunk, e);
   }
 }
 
@@ -403,8 +409,7 @@ void ArrayImpl::DecodeLocatedInPieces(const ReadOnlyFile &file, const ChunkLocat
     read_chain_.DecodeRangeInPieces(encoded, chunk_nbytes, byte_begin, byte_end, guarded_sink);
   } catch (const Error &e) {
     if (sink_failed) throw;
-    if (loc.inner_chunk >= 0) FailAt(path, "inner chunk ", loc.inner_chunk, ": ", e.what());
-    FailAt(path, e.what());
+    FailDecoding(path, loc.inner_chunk, e);
   }
 }
 
