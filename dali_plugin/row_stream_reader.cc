@@ -51,6 +51,11 @@ StreamOptions StreamOptionsFromSpec(const dali::OpSpec &spec) {
   options.num_io_threads = spec.GetArgument<int>("num_io_threads");
   options.prefetch_windows = spec.GetArgument<int>("prefetch_windows");
   options.batch_size = spec.GetArgument<int>("max_batch_size");
+  options.io.depth = spec.GetArgument<int>("io_depth");
+  const int64_t in_flight_mib = spec.GetArgument<int64_t>("io_max_in_flight_mb");
+  DALI_ENFORCE(options.io.depth > 0, "io_depth must be positive");
+  DALI_ENFORCE(in_flight_mib > 0, "io_max_in_flight_mb must be positive");
+  options.io.max_in_flight_nbytes = static_cast<uint64_t>(in_flight_mib) << 20;
   DALI_ENFORCE(options.sampler.block_rows > 0, "chunk_size must be positive");
   DALI_ENFORCE(options.sampler.window_blocks > 0, "preload_chunks must be positive");
   return options;
@@ -212,6 +217,14 @@ of a block stay contiguous on disk, so larger blocks read faster and shuffle coa
 ``preload_nchunks``); rows are shuffled within a window. Window = chunk_size x preload_chunks rows,
 the unit of I/O and of memory.)", 32)
     .AddOptionalArg("num_io_threads", "I/O and decode threads of this reader (0: one per core).", 0)
+    .AddOptionalArg("io_depth", R"(Read requests in flight at once (each on an I/O thread of
+its own that only waits for the storage). The reader submits every byte range a window needs
+(neighbouring ranges joined into requests of up to 8 MiB) before the window ahead of it is
+decoded, so the storage is kept busy while the decode threads work; deeper helps storage with a
+high latency per request (network filesystems), a local SSD is busy at 4-16.)", 16)
+    .AddOptionalArg("io_max_in_flight_mb", R"(Cap on the bytes read ahead and not yet decoded,
+in MiB (a request someone is waiting for starts regardless). For local files these are page
+cache pages made resident ahead of the decoders, not buffers of the reader.)", int64_t{256})
     .AddOptionalArg("prefetch_windows", R"(Windows loaded ahead of the one being consumed. Outputs
 share the windows' memory (no copy) except the batch that ends a window, which is copied so the
 window can be reused at once. Memory held by the reader: (1 + prefetch_windows) windows plus

@@ -184,36 +184,60 @@ AnnDataSource::RowPlan AnnDataSource::PlanRows(const std::vector<int64_t> &rows)
   return plan;
 }
 
-void AnnDataSource::Load(ThreadPool &pool, Window &window) const {
-  RowPlan plan = PlanRows(window.rows);
+// Dense rows: pieces of runs, each within one band of chunk rows (so a piece decodes each
+// chunk once) and within the scratch bound.
+struct DensePiece {
+  int group;
+  int64_t row_begin, row_end, first;
+  std::vector<size_t> reads;  // the ranges of the chunks it decodes
+};
+
+struct AnnDataSource::Prepared final : PreparedLoad {
+  RowPlan plan;
+  std::vector<int64_t> offsets;             // CSR: element offset of each slot, + total
+  std::vector<ChunkTask> tasks;             // CSR: one per (array, chunk)
+  std::vector<zarr::StoredChunk> chunks;    // CSR: per task; range.nbytes == 0 when missing
+  std::vector<bool> found;                  // CSR: per task
+  std::vector<DensePiece> dense_pieces;
+  std::unique_ptr<io::FetchBatch> reads;
+};
+
+std::unique_ptr<PreparedLoad> AnnDataSource::Prepare(io::IoScheduler &io,
+                                                     const std::vector<int64_t> &rows) const {
+  auto prepared = std::make_unique<Prepared>();
+  prepared->plan = PlanRows(rows);
   if (kind() == MatrixKind::kCsr) {
-    LoadCsr(window, plan, pool);
+    PrepareCsr(io, *prepared);
   } else {
-    LoadDense(window, plan, pool);
+    PrepareDense(io, *prepared);
   }
-  LoadObs(window, plan);
+  return prepared;
 }
 
-void AnnDataSource::LoadCsr(Window &window, const RowPlan &plan, ThreadPool &pool) const {
-  const int64_t num_slots = window.num_slots();
-  FieldData &values = window.fields[0];
-  FieldData &indices = window.fields[1];
-  std::vector<int64_t> &offsets = values.offsets;
-  offsets.assign(num_slots + 1, 0);
+void AnnDataSource::Load(ThreadPool &pool, PreparedLoad &prepared_load, Window &window) const {
+  auto &prepared = static_cast<Prepared &>(prepared_load);
+  if (kind() == MatrixKind::kCsr) {
+    LoadCsr(window, prepared, pool);
+  } else {
+    LoadDense(window, prepared, pool);
+  }
+  LoadObs(window, prepared.plan);
+}
+
+void AnnDataSource::PrepareCsr(io::IoScheduler &io, Prepared &prepared) const {
+  const RowPlan &plan = prepared.plan;
+  std::vector<int64_t> &offsets = prepared.offsets;
+  offsets.assign(plan.slots.size() + 1, 0);
   for (const Run &run : plan.runs) {
     const auto &indptr = groups_[run.group].indptr;
     for (int64_t r = run.row_begin; r < run.row_end; ++r)
       offsets[plan.SlotOf(run, r) + 1] = indptr[r + 1] - indptr[r];
   }
   std::partial_sum(offsets.begin(), offsets.end(), offsets.begin());
-  indices.offsets = offsets;
-  const int64_t nnz = offsets.back();
-  values.data.Resize(nnz * DTypeSize(values.dtype));
-  indices.data.Resize(nnz * DTypeSize(indices.dtype));
 
-  // Plan: for each (array, chunk) the pieces the rows need. Runs are in row order, so the
-  // chunks of one array come in ascending order and the pieces of one chunk are adjacent.
-  std::vector<ChunkTask> tasks;
+  // For each (array, chunk) the pieces the rows need. Runs are in row order, so the chunks of
+  // one array come in ascending order and the pieces of one chunk are adjacent.
+  std::vector<ChunkTask> &tasks = prepared.tasks;
   std::unordered_map<const zarr::Array *, size_t> last_task;  // chunks of one array ascend
   for (const Run &run : plan.runs) {
     const AnnDataGroup &g = groups_[run.group];
@@ -237,6 +261,28 @@ void AnnDataSource::LoadCsr(Window &window, const RowPlan &plan, ThreadPool &poo
       }
     }
   }
+  // Where each chunk's bytes are (shard indexes are read here, once per shard), then all of
+  // them go to the I/O layer at once.
+  prepared.chunks.resize(tasks.size());
+  prepared.found.resize(tasks.size());
+  std::vector<io::ByteRange> ranges(tasks.size());
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    const int64_t coords[1] = {tasks[t].chunk};
+    prepared.found[t] = tasks[t].array->LocateReadChunk(coords, &prepared.chunks[t]);
+    if (prepared.found[t]) ranges[t] = prepared.chunks[t].range;
+  }
+  prepared.reads = io.Submit(ranges);
+}
+
+void AnnDataSource::LoadCsr(Window &window, Prepared &prepared, ThreadPool &pool) const {
+  FieldData &values = window.fields[0];
+  FieldData &indices = window.fields[1];
+  values.offsets = prepared.offsets;
+  indices.offsets = prepared.offsets;
+  const int64_t nnz = prepared.offsets.back();
+  values.data.Resize(nnz * DTypeSize(values.dtype));
+  indices.data.Resize(nnz * DTypeSize(indices.dtype));
+  const std::vector<ChunkTask> &tasks = prepared.tasks;
 
   pool.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t t) {
     const ChunkTask &task = tasks[t];
@@ -273,44 +319,75 @@ void AnnDataSource::LoadCsr(Window &window, const RowPlan &plan, ThreadPool &poo
     };
     int64_t needed = 0;
     for (const Piece &piece : task.pieces) needed += piece.num_elements;
-    if (task.array->SupportsPartialDecode() && needed * 4 < chunk_elements * 3) {
-      // Blosc decompresses block by block: decode only the blocks the spans need (small
-      // blocks of rows often need half a chunk or less).
-      ForEachSpan(task.pieces, [&](int64_t begin, int64_t end) {
+    // Blosc decompresses block by block: decode only the blocks the spans need (small blocks
+    // of rows often need half a chunk or less).
+    const bool partial = task.array->SupportsPartialDecode() && needed * 4 < chunk_elements * 3;
+    auto decode = [&](int64_t begin, int64_t end) {
+      if (!prepared.found[t]) {  // a missing chunk: the fill value
         task.array->DecodeReadChunkRangeInPieces(task.chunk, begin, end - begin, scatter);
-      });
+        return;
+      }
+      bool mapped = false;
+      const codecs::ConstBytes encoded = prepared.reads->Wait(static_cast<size_t>(t), &mapped);
+      task.array->DecodeFetchedRangeInPieces(task.chunk, prepared.chunks[t], encoded, mapped, begin,
+                                             end - begin, scatter);
+    };
+    if (partial) {
+      ForEachSpan(task.pieces, decode);
     } else {
-      task.array->DecodeReadChunkRangeInPieces(task.chunk, 0, chunk_elements, scatter);
+      decode(0, chunk_elements);
     }
+    prepared.reads->Done(static_cast<size_t>(t));
     StreamFence();
   });
 }
 
-void AnnDataSource::LoadDense(Window &window, const RowPlan &plan, ThreadPool &pool) const {
+void AnnDataSource::PrepareDense(io::IoScheduler &io, Prepared &prepared) const {
+  const int64_t row_elements = fields_[0].RowElements();
+  const size_t stored_row_nbytes = row_elements * DTypeSize(fields_[0].dtype);
+  const int64_t max_rows = std::max<int64_t>(1, kDenseScratchNbytes / std::max<size_t>(1, stored_row_nbytes));
+  std::vector<io::ByteRange> ranges;
+  for (const Run &run : prepared.plan.runs) {
+    const zarr::Array &array = *groups_[run.group].dense;
+    const auto &meta = array.metadata();
+    const int64_t band = meta.read_chunk_shape[0];
+    const std::vector<int64_t> grid = array.read_grid_shape();
+    for (int64_t r = run.row_begin; r < run.row_end;) {
+      int64_t end = std::min({run.row_end, (r / band + 1) * band, r + max_rows});
+      DensePiece piece{run.group, r, end, run.first + (r - run.row_begin), {}};
+      // The read chunks of this band: every chunk along the other dimensions.
+      std::vector<int64_t> coords(grid.size(), 0);
+      coords[0] = r / band;
+      for (;;) {
+        zarr::StoredChunk chunk;
+        if (array.LocateReadChunk(coords, &chunk)) {
+          piece.reads.push_back(ranges.size());
+          ranges.push_back(chunk.range);
+        }
+        size_t d = grid.size();
+        while (d > 1 && ++coords[d - 1] == grid[d - 1]) coords[--d] = 0;
+        if (d <= 1) break;
+      }
+      prepared.dense_pieces.push_back(std::move(piece));
+      r = end;
+    }
+  }
+  prepared.reads = io.Submit(ranges);
+}
+
+void AnnDataSource::LoadDense(Window &window, Prepared &prepared, ThreadPool &pool) const {
   FieldData &field = window.fields[0];
   const int64_t row_elements = fields_[0].RowElements();
   const DType stored = fields_[0].dtype;
   const size_t stored_row_nbytes = row_elements * DTypeSize(stored);
   const size_t row_nbytes = row_elements * DTypeSize(field.dtype);
   field.data.Resize(window.num_slots() * row_nbytes);
-  // Pieces of runs: within one band of chunk rows (so a piece decodes each chunk once) and
-  // within the scratch bound.
-  const int64_t max_rows = std::max<int64_t>(1, kDenseScratchNbytes / std::max<size_t>(1, stored_row_nbytes));
-  struct DensePiece {
-    int group;
-    int64_t row_begin, row_end, first;
-  };
-  std::vector<DensePiece> pieces;
-  for (const Run &run : plan.runs) {
-    const int64_t band = groups_[run.group].dense->metadata().read_chunk_shape[0];
-    for (int64_t r = run.row_begin; r < run.row_end;) {
-      int64_t end = std::min({run.row_end, (r / band + 1) * band, r + max_rows});
-      pieces.push_back({run.group, r, end, run.first + (r - run.row_begin)});
-      r = end;
-    }
-  }
-  pool.ParallelFor(static_cast<int64_t>(pieces.size()), [&](int64_t i) {
-    const DensePiece &piece = pieces[i];
+  const RowPlan &plan = prepared.plan;
+  pool.ParallelFor(static_cast<int64_t>(prepared.dense_pieces.size()), [&](int64_t i) {
+    const DensePiece &piece = prepared.dense_pieces[i];
+    // The I/O layer has brought the piece's chunks in (for local files: into the page cache,
+    // where ReadRegion decodes them from).
+    for (size_t read : piece.reads) prepared.reads->Wait(read);
     const zarr::Array &array = *groups_[piece.group].dense;
     std::vector<int64_t> start(array.metadata().shape.size(), 0), count = array.metadata().shape;
     start[0] = piece.row_begin;

@@ -24,7 +24,9 @@ class AnnDataSource final : public RowSource {
 
   int64_t num_rows() const override { return row_starts_.back(); }
   const std::vector<FieldSpec> &fields() const override { return fields_; }
-  void Load(ThreadPool &pool, Window &window) const override;
+  std::unique_ptr<PreparedLoad> Prepare(io::IoScheduler &io, const std::vector<int64_t> &rows) const override;
+  void Load(ThreadPool &pool, PreparedLoad &prepared, Window &window) const override;
+  using RowSource::Load;
 
   MatrixKind kind() const { return groups_.front().kind; }
   const std::vector<AnnDataGroup> &groups() const { return groups_; }
@@ -42,9 +44,12 @@ class AnnDataSource final : public RowSource {
     std::vector<Run> runs;       // in row order
     int64_t SlotOf(const Run &run, int64_t row) const { return slots[run.first + (row - run.row_begin)]; }
   };
+  struct Prepared;
   RowPlan PlanRows(const std::vector<int64_t> &rows) const;
-  void LoadCsr(Window &window, const RowPlan &plan, ThreadPool &pool) const;
-  void LoadDense(Window &window, const RowPlan &plan, ThreadPool &pool) const;
+  void PrepareCsr(io::IoScheduler &io, Prepared &prepared) const;
+  void PrepareDense(io::IoScheduler &io, Prepared &prepared) const;
+  void LoadCsr(Window &window, Prepared &prepared, ThreadPool &pool) const;
+  void LoadDense(Window &window, Prepared &prepared, ThreadPool &pool) const;
   void LoadObs(Window &window, const RowPlan &plan) const;
 
   std::vector<AnnDataGroup> groups_;

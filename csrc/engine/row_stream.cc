@@ -1,6 +1,8 @@
 #include "engine/row_stream.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <limits>
 
 #include "common/error.h"
@@ -8,8 +10,21 @@
 namespace biodali {
 namespace {
 
+// BIODALI_IO_MODE=map|read|lazy overrides how local files are fetched (benchmarks compare
+// them; map is the default, see engine/io/stored_file.h).
+io::FetchMode FetchModeFromEnvironment(io::FetchMode fallback) {
+  const char *mode = std::getenv("BIODALI_IO_MODE");
+  if (mode == nullptr || *mode == '\0') return fallback;
+  const std::string name(mode);
+  if (name == "map") return io::FetchMode::kMapResident;
+  if (name == "read") return io::FetchMode::kRead;
+  if (name == "lazy") return io::FetchMode::kMapLazy;
+  throw Error(StrCat("BIODALI_IO_MODE is '", name, "'; expected map, read or lazy"));
+}
+
 StreamOptions Normalized(StreamOptions options, const RowSource &source) {
   options.prefetch_windows = std::max(1, options.prefetch_windows);
+  options.io.mode = FetchModeFromEnvironment(options.io.mode);
   const auto &fields = source.fields();
   if (options.field_dtypes.empty())
     for (const auto &f : fields) options.field_dtypes.push_back(f.output_dtype);
@@ -31,6 +46,7 @@ RowStream::RowStream(std::shared_ptr<const RowSource> source, StreamOptions opti
     : source_(std::move(source)),
       options_(Normalized(std::move(options), *source_)),
       pool_(DefaultThreads(options_.num_io_threads)),
+      io_(options_.io),
       window_pool_(std::make_shared<WindowPool>(1 + options_.prefetch_windows)),
       small_window_pool_(std::make_shared<WindowPool>(std::numeric_limits<int>::max())) {
   const auto &shard = options_.shard;
@@ -146,30 +162,51 @@ void RowStream::ProducerLoop(int64_t epoch, int64_t position) {
   try {
     auto plan = std::make_unique<EpochPlan>(num_rows, options_.sampler, options_.shard, epoch);
     int64_t window = plan->WindowOfPosition(position);
+    // A window planned, its reads submitted to the I/O layer.
+    struct Pending {
+      int64_t epoch = 0;
+      WindowPlan plan;
+      std::unique_ptr<PreparedLoad> prepared;
+      std::exception_ptr error;  // raised when this window is loaded, not before
+    };
+    auto prepare_next = [&] {
+      while (window == plan->num_windows()) {
+        ++epoch;
+        plan = std::make_unique<EpochPlan>(num_rows, options_.sampler, options_.shard, epoch);
+        window = 0;
+      }
+      Pending pending;
+      pending.epoch = epoch;
+      pending.plan = plan->Window(window++);
+      try {
+        pending.prepared = source_->Prepare(io_, pending.plan.rows);
+      } catch (...) {
+        pending.error = std::current_exception();
+      }
+      return pending;
+    };
+    Pending current = prepare_next();
     for (;;) {
       {
         // Load only when there is room: at most prefetch_windows windows ahead of the consumer.
+        // Meanwhile the current window's reads are in flight.
         std::unique_lock<std::mutex> lock(mutex_);
         queue_changed_.wait(lock, [&] {
           return stop_ || static_cast<int>(queue_.size()) < options_.prefetch_windows;
         });
         if (stop_) break;
       }
-      if (window == plan->num_windows()) {
-        ++epoch;
-        plan = std::make_unique<EpochPlan>(num_rows, options_.sampler, options_.shard, epoch);
-        window = 0;
-        continue;
-      }
-      WindowPlan wp = plan->Window(window++);
+      // The next window's reads go out before this one decodes: the disk works while the
+      // decoders do.
+      Pending ahead = prepare_next();
       LoadedWindow loaded;
-      loaded.epoch = epoch;
-      loaded.first_position = wp.first_position;
+      loaded.epoch = current.epoch;
+      loaded.first_position = current.plan.first_position;
       // Blocks while 1 + prefetch_windows windows are alive (held here, by rows not yet handed
       // out, or by outputs sharing their memory): the memory bound. A window smaller than a
       // batch never waits: the batch across it holds the window before it, and needs the next.
       const int64_t full_rows = options_.sampler.block_rows * options_.sampler.window_blocks;
-      const int64_t rows = static_cast<int64_t>(wp.rows.size());
+      const int64_t rows = static_cast<int64_t>(current.plan.rows.size());
       const bool small = rows < full_rows && rows < options_.batch_size;
       std::shared_ptr<Window> window_data = (small ? small_window_pool_ : window_pool_)->Acquire(
           [this] {
@@ -178,17 +215,20 @@ void RowStream::ProducerLoop(int64_t epoch, int64_t position) {
           },
           [this] { return consumer_starved_.load(); });
       if (!window_data) break;
-      window_data->rows = std::move(wp.rows);
+      window_data->rows = std::move(current.plan.rows);
       window_data->fields.resize(options_.field_dtypes.size());
       for (size_t f = 0; f < options_.field_dtypes.size(); ++f)
         window_data->fields[f].dtype = options_.field_dtypes[f];
-      source_->Load(pool_, *window_data);
+      if (current.error) std::rethrow_exception(current.error);
+      source_->Load(pool_, *current.prepared, *window_data);
+      current.prepared.reset();  // its reads are done with
       loaded.window = std::move(window_data);
       {
         std::lock_guard<std::mutex> lock(mutex_);
         queue_.push_back(std::move(loaded));
       }
       queue_changed_.notify_all();
+      current = std::move(ahead);
     }
   } catch (...) {
     LoadedWindow failed;

@@ -1,6 +1,9 @@
 // The stream of rows one reader (one shard) yields, epoch after epoch, with windows loaded ahead
 // on the reader's own I/O threads while the consumer works.
 //
+// Reads: every window's byte ranges go through one I/O scheduler (engine/io), the next
+// window's submitted before the current one decodes, so reading overlaps decoding.
+//
 // Memory: at most 1 + prefetch_windows windows exist at once, counting those still referenced by
 // rows handed out or by reader outputs sharing a window's memory: the producer waits for one
 // to be released before loading the next. Only when the consumer is starved (it needs a new
@@ -33,6 +36,10 @@ struct StreamOptions {
   // Type each field is held in by the windows (the reader's output types); empty: each
   // field's output_dtype.
   std::vector<DType> field_dtypes;
+  // The I/O layer's settings: requests in flight (io.depth), bytes read ahead and not yet
+  // decoded (io.max_in_flight_nbytes), coalescing. The stream submits the next window's reads
+  // before it decodes the current one.
+  io::IoOptions io;
   // Rows per batch of the reader (0: unknown). A short window (the rows left at an epoch's
   // end) with fewer rows is loaded outside the bound of 1 + prefetch_windows: a batch across
   // it spans three windows.
@@ -98,6 +105,7 @@ class RowStream {
   std::shared_ptr<const RowSource> source_;
   StreamOptions options_;
   ThreadPool pool_;
+  io::IoScheduler io_;
   std::shared_ptr<WindowPool> window_pool_;
   // Windows with fewer rows than a batch: not counted in the bound, and kept apart so that
   // their small buffers are reused for them (a full-size window taken fresh for the next epoch

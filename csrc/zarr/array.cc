@@ -10,7 +10,7 @@
 #include "codecs/buffer.h"
 #include "common/error.h"
 #include "zarr/array_spec.h"
-#include "zarr/file_io.h"
+#include "engine/io/local_file.h"
 
 namespace biodali::zarr {
 namespace {
@@ -18,6 +18,10 @@ namespace {
 using codecs::Bytes;
 using codecs::ConstBytes;
 using codecs::ScratchBuffer;
+using io::FetchHold;
+using io::FetchMode;
+using io::LocalFile;
+using io::StoredFile;
 
 // Buffers reused by every chunk a thread reads, sized by the largest it has seen: after a
 // thread's first chunks, reading allocates nothing. They hold at most one encoded and one
@@ -104,6 +108,10 @@ class ArrayImpl final : public Array {
                             std::byte *dst) const override;
   void DecodeReadChunkRangeInPieces(int64_t chunk_index, int64_t element_begin, int64_t num_elements,
                                     codecs::DecodedBytesSink sink) const override;
+  bool LocateReadChunk(std::span<const int64_t> coords, StoredChunk *chunk) const override;
+  void DecodeFetchedRangeInPieces(int64_t chunk_index, const StoredChunk &chunk, ConstBytes encoded,
+                                  bool mapped, int64_t element_begin, int64_t num_elements,
+                                  codecs::DecodedBytesSink sink) const override;
   bool SupportsPartialDecode() const override { return read_chain_.SupportsPartialDecode(); }
   bool ReadEncodedReadChunk(std::span<const int64_t> coords,
                             std::vector<std::byte> *encoded) const override;
@@ -113,7 +121,8 @@ class ArrayImpl final : public Array {
  private:
   // Where a read chunk's encoded bytes are: the file and, for sharded arrays, the range.
   struct ChunkLocation {
-    std::shared_ptr<const ReadOnlyFile> shard;  // sharded arrays only
+    std::shared_ptr<const StoredFile> shard;  // sharded arrays only
+    const StoredFile *file = nullptr;         // the shard, or the chunk file
     uint64_t offset = 0;
     uint64_t nbytes = 0;
     int64_t inner_chunk = -1;  // position inside the shard, -1 when not sharded
@@ -125,23 +134,21 @@ class ArrayImpl final : public Array {
   // Finds read chunk `coords` in its shard (path in Scratch().path); false when the shard is
   // missing or the inner chunk absent.
   bool LocateInnerChunk(std::span<const int64_t> coords, ChunkLocation *loc) const;
-  // Finds read chunk `coords` (path in Scratch().path): sets *source to the file holding it
-  // (the cached shard, or *file opened on the chunk file) and *loc to its byte range; false
+  // Finds read chunk `coords` (path in Scratch().path): sets loc->file to the file holding
+  // it (the cached shard, or *chunk_file opened on the chunk file) and its byte range; false
   // when the chunk is missing (it reads as fill_value).
-  bool Locate(std::span<const int64_t> coords, ReadOnlyFile *file, ChunkLocation *loc,
-              const ReadOnlyFile **source) const;
+  bool Locate(std::span<const int64_t> coords, LocalFile *chunk_file, ChunkLocation *loc) const;
   // The shard's validated index, loaded on first use; nullptr when the shard file is missing.
   const codecs::ShardIndex *ShardIndexFor(int64_t shard_key, const std::string &path) const;
   // Decodes bytes [byte_begin, byte_begin + dst.size()) of the located read chunk into dst
   // (the whole chunk when dst holds read_chunk_nbytes_).
-  void DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc, size_t byte_begin,
-                     Bytes dst) const;
-  // The located chunk's encoded bytes: mapped (*mapping keeps them) or read into scratch.
-  ConstBytes EncodedBytes(const ReadOnlyFile &file, const ChunkLocation &loc, bool whole,
-                          ReadOnlyFile::Mapping *mapping) const;
-  // DecodeLocated for bytes [byte_begin, byte_end), handed to `sink` in pieces.
-  void DecodeLocatedInPieces(const ReadOnlyFile &file, const ChunkLocation &loc, size_t byte_begin,
-                             size_t byte_end, codecs::DecodedBytesSink sink) const;
+  void DecodeLocated(const ChunkLocation &loc, size_t byte_begin, Bytes dst) const;
+  // The located chunk's encoded bytes: mapped (*hold keeps them) or read into scratch.
+  ConstBytes EncodedBytes(const ChunkLocation &loc, bool whole, FetchHold *hold) const;
+  // Decodes bytes [byte_begin, byte_end) of a chunk from its encoded bytes, handed to `sink`
+  // in pieces; errors name `path` and the inner chunk.
+  void DecodeEncodedInPieces(const std::string &path, int64_t inner_chunk, ConstBytes encoded,
+                             size_t byte_begin, size_t byte_end, codecs::DecodedBytesSink sink) const;
   // Checks that elements [element_begin, +num_elements) lie in 1-D read chunk chunk_index.
   void CheckChunkRange(int64_t chunk_index, int64_t element_begin, int64_t num_elements) const;
   void Fill(Bytes dst) const;
@@ -155,7 +162,7 @@ class ArrayImpl final : public Array {
   std::vector<int64_t> storage_grid_;
   bool fill_is_zero_;
 
-  mutable FileCache shard_files_{8};
+  mutable io::FileCache shard_files_{8};
   // Shard indices cost 16 bytes per inner chunk, so all of an array's indices stay cached
   // (the whole array's chunk count times 16 bytes); a missing shard is cached as nullopt.
   mutable std::shared_mutex index_mutex_;
@@ -231,7 +238,7 @@ const codecs::ShardIndex *ArrayImpl::ShardIndexFor(int64_t shard_key,
       FailAt(path, e.what());
     }
     Bytes encoded = Scratch().encoded.Get(nbytes);
-    file->ReadAt(offset, encoded, path);
+    file->ReadAt(offset, encoded);
     try {
       entry->emplace(sharding.DecodeIndex(encoded, file->nbytes()));
     } catch (const Error &e) {
@@ -261,42 +268,50 @@ bool ArrayImpl::LocateInnerChunk(std::span<const int64_t> coords, ChunkLocation 
   }
   loc->shard = shard_files_.Get(shard_key, path);
   if (!loc->shard) FailAt(path, "shard file disappeared while it was being read");
+  loc->file = loc->shard.get();
   return true;
 }
 
-bool ArrayImpl::Locate(std::span<const int64_t> coords, ReadOnlyFile *file,
-                       ChunkLocation *loc, const ReadOnlyFile **source) const {
-  if (spec_.metadata.sharded) {
-    if (!LocateInnerChunk(coords, loc)) return false;
-    *source = loc->shard.get();
-    return true;
-  }
+bool ArrayImpl::Locate(std::span<const int64_t> coords, LocalFile *chunk_file,
+                       ChunkLocation *loc) const {
+  if (spec_.metadata.sharded) return LocateInnerChunk(coords, loc);
   std::string &path = Scratch().path;
   StorageChunkPath(coords.data(), &path);
-  if (!file->Open(path)) return false;
-  loc->nbytes = file->nbytes();
-  *source = file;
+  if (!chunk_file->Open(path)) return false;
+  loc->nbytes = chunk_file->nbytes();
+  loc->file = chunk_file;
   return true;
 }
 
-ConstBytes ArrayImpl::EncodedBytes(const ReadOnlyFile &file, const ChunkLocation &loc, bool whole,
-                                   ReadOnlyFile::Mapping *mapping) const {
+bool ArrayImpl::LocateReadChunk(std::span<const int64_t> coords, StoredChunk *chunk) const {
+  CheckReadChunk(coords, static_cast<size_t>(read_chunk_nbytes_));
+  ChunkLocation loc;
+  auto chunk_file = std::make_shared<LocalFile>();
+  if (!Locate(coords, chunk_file.get(), &loc)) return false;
+  chunk->range.file = loc.shard ? loc.shard : std::shared_ptr<const StoredFile>(std::move(chunk_file));
+  chunk->range.offset = loc.offset;
+  chunk->range.nbytes = loc.nbytes;
+  chunk->inner_chunk = loc.inner_chunk;
+  return true;
+}
+
+ConstBytes ArrayImpl::EncodedBytes(const ChunkLocation &loc, bool whole, FetchHold *hold) const {
   // Decoders read the chunk's bytes straight from the page cache (pread's copy costs more
   // than the page-table work of mapping on small VMs). A whole chunk is read in full, so its
   // pages are mapped up front; a range of a blosc frame touches only the header, the block
   // table and the blocks that hold it, so pages are mapped as touched.
-  const std::string &path = Scratch().path;
   if (whole || read_chain_.SupportsSelectiveRead()) {
-    *mapping = file.Map(loc.offset, loc.nbytes, /*populate=*/whole, path);
-    return mapping->bytes();
+    bool mapped = false;
+    ConstBytes bytes = loc.file->Fetch(loc.offset, loc.nbytes, FetchMode::kMapLazy, hold, &mapped);
+    if (mapped && whole) io::PopulateRead(bytes);
+    return bytes;
   }
   Bytes buffer = Scratch().encoded.Get(loc.nbytes);
-  file.ReadAt(loc.offset, buffer, path);
+  loc.file->ReadAt(loc.offset, buffer);
   return buffer;
 }
 
-void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc,
-                              size_t byte_begin, Bytes dst) const {
+void ArrayImpl::DecodeLocated(const ChunkLocation &loc, size_t byte_begin, Bytes dst) const {
   const std::string &path = Scratch().path;
   const size_t chunk_nbytes = static_cast<size_t>(read_chunk_nbytes_);
   if (read_chain_.is_plain()) {
@@ -307,12 +322,12 @@ void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc
              " holds ", loc.nbytes, " bytes, expected ", chunk_nbytes,
              " (truncated or wrong chunk size)");
     }
-    file.ReadAt(loc.offset + byte_begin, dst, path);
+    loc.file->ReadAt(loc.offset + byte_begin, dst);
     read_chain_.FinishInPlace(dst);
     return;
   }
-  ReadOnlyFile::Mapping mapping;
-  const ConstBytes encoded = EncodedBytes(file, loc, /*whole=*/dst.size() == chunk_nbytes, &mapping);
+  FetchHold hold;
+  const ConstBytes encoded = EncodedBytes(loc, /*whole=*/dst.size() == chunk_nbytes, &hold);
   try {
     if (dst.size() == chunk_nbytes) {
       read_chain_.Decode(encoded, dst);
@@ -327,10 +342,9 @@ void ArrayImpl::DecodeLocated(const ReadOnlyFile &file, const ChunkLocation &loc
 void ArrayImpl::DecodeReadChunk(std::span<const int64_t> coords, std::span<std::byte> dst) const {
   CheckReadChunk(coords, dst.size());
   ChunkLocation loc;
-  ReadOnlyFile file;
-  const ReadOnlyFile *source = nullptr;
-  if (!Locate(coords, &file, &loc, &source)) return Fill(dst);
-  DecodeLocated(*source, loc, 0, dst);
+  LocalFile chunk_file;
+  if (!Locate(coords, &chunk_file, &loc)) return Fill(dst);
+  DecodeLocated(loc, 0, dst);
 }
 
 void ArrayImpl::CheckChunkRange(int64_t chunk_index, int64_t element_begin,
@@ -356,10 +370,9 @@ void ArrayImpl::DecodeReadChunkRange(int64_t chunk_index, int64_t element_begin,
   Bytes out(dst, static_cast<size_t>(num_elements) * elem_nbytes);
   const int64_t coords[1] = {chunk_index};
   ChunkLocation loc;
-  ReadOnlyFile file;
-  const ReadOnlyFile *source = nullptr;
-  if (!Locate(coords, &file, &loc, &source)) return Fill(out);
-  DecodeLocated(*source, loc, static_cast<size_t>(element_begin) * elem_nbytes, out);
+  LocalFile chunk_file;
+  if (!Locate(coords, &chunk_file, &loc)) return Fill(out);
+  DecodeLocated(loc, static_cast<size_t>(element_begin) * elem_nbytes, out);
 }
 
 void ArrayImpl::DecodeReadChunkRangeInPieces(int64_t chunk_index, int64_t element_begin,
@@ -371,30 +384,28 @@ void ArrayImpl::DecodeReadChunkRangeInPieces(int64_t chunk_index, int64_t elemen
   const size_t byte_end = byte_begin + static_cast<size_t>(num_elements) * elem_nbytes;
   const int64_t coords[1] = {chunk_index};
   ChunkLocation loc;
-  ReadOnlyFile file;
-  const ReadOnlyFile *source = nullptr;
-  if (Locate(coords, &file, &loc, &source) && !read_chain_.is_plain()) {
-    DecodeLocatedInPieces(*source, loc, byte_begin, byte_end, sink);
+  LocalFile chunk_file;
+  const bool found = Locate(coords, &chunk_file, &loc);
+  if (found && !read_chain_.is_plain()) {
+    FetchHold hold;
+    const ConstBytes encoded =
+        EncodedBytes(loc, /*whole=*/byte_begin == 0 && byte_end == static_cast<size_t>(read_chunk_nbytes_), &hold);
+    DecodeEncodedInPieces(Scratch().path, loc.inner_chunk, encoded, byte_begin, byte_end, sink);
     return;
   }
   // Missing (fill value) or uncompressed chunks: read the range into scratch, hand it over.
   Bytes range = Scratch().decoded.Get(byte_end - byte_begin);
-  if (source == nullptr) {
+  if (!found) {
     Fill(range);
   } else {
-    DecodeLocated(*source, loc, byte_begin, range);
+    DecodeLocated(loc, byte_begin, range);
   }
   sink(byte_begin, range);
 }
 
-void ArrayImpl::DecodeLocatedInPieces(const ReadOnlyFile &file, const ChunkLocation &loc,
-                                      size_t byte_begin, size_t byte_end,
+void ArrayImpl::DecodeEncodedInPieces(const std::string &path, int64_t inner_chunk,
+                                      ConstBytes encoded, size_t byte_begin, size_t byte_end,
                                       codecs::DecodedBytesSink sink) const {
-  const std::string &path = Scratch().path;
-  const size_t chunk_nbytes = static_cast<size_t>(read_chunk_nbytes_);
-  ReadOnlyFile::Mapping mapping;
-  const ConstBytes encoded =
-      EncodedBytes(file, loc, /*whole=*/byte_begin == 0 && byte_end == chunk_nbytes, &mapping);
   // Errors from the sink are the caller's and already name what they are about.
   bool sink_failed = false;
   auto guarded_sink = [&](size_t offset, ConstBytes bytes) {
@@ -406,22 +417,53 @@ void ArrayImpl::DecodeLocatedInPieces(const ReadOnlyFile &file, const ChunkLocat
     }
   };
   try {
-    read_chain_.DecodeRangeInPieces(encoded, chunk_nbytes, byte_begin, byte_end, guarded_sink);
+    read_chain_.DecodeRangeInPieces(encoded, static_cast<size_t>(read_chunk_nbytes_), byte_begin,
+                                    byte_end, guarded_sink);
   } catch (const Error &e) {
     if (sink_failed) throw;
-    FailDecoding(path, loc.inner_chunk, e);
+    FailDecoding(path, inner_chunk, e);
   }
+}
+
+void ArrayImpl::DecodeFetchedRangeInPieces(int64_t chunk_index, const StoredChunk &chunk,
+                                           ConstBytes encoded, bool mapped, int64_t element_begin,
+                                           int64_t num_elements, codecs::DecodedBytesSink sink) const {
+  CheckChunkRange(chunk_index, element_begin, num_elements);
+  if (num_elements == 0) return;
+  const size_t elem_nbytes = DTypeSize(spec_.metadata.dtype);
+  const size_t chunk_nbytes = static_cast<size_t>(read_chunk_nbytes_);
+  const size_t byte_begin = static_cast<size_t>(element_begin) * elem_nbytes;
+  const size_t byte_end = byte_begin + static_cast<size_t>(num_elements) * elem_nbytes;
+  const std::string &path = chunk.range.file->path();
+  if (read_chain_.is_plain()) {
+    if (mapped) chunk.range.file->CheckHolds(chunk.range.offset, chunk.range.nbytes);
+    if (encoded.size() != chunk_nbytes) {
+      FailAt(path, chunk.inner_chunk >= 0 ? StrCat("inner chunk ", chunk.inner_chunk) : "chunk file",
+             " holds ", encoded.size(), " bytes, expected ", chunk_nbytes,
+             " (truncated or wrong chunk size)");
+    }
+    // Copied: finishing (byte order) works in place, and the fetched bytes are read-only.
+    Bytes range = Scratch().decoded.Get(byte_end - byte_begin);
+    std::memcpy(range.data(), encoded.data() + byte_begin, range.size());
+    read_chain_.FinishInPlace(range);
+    sink(byte_begin, range);
+    return;
+  }
+  if (mapped) {
+    chunk.range.file->CheckHolds(chunk.range.offset, chunk.range.nbytes);
+    if (byte_begin == 0 && byte_end == chunk_nbytes) io::PopulateRead(encoded);
+  }
+  DecodeEncodedInPieces(path, chunk.inner_chunk, encoded, byte_begin, byte_end, sink);
 }
 
 bool ArrayImpl::ReadEncodedReadChunk(std::span<const int64_t> coords,
                                      std::vector<std::byte> *encoded) const {
   CheckReadChunk(coords, static_cast<size_t>(read_chunk_nbytes_));
   ChunkLocation loc;
-  ReadOnlyFile file;
-  const ReadOnlyFile *source = nullptr;
-  if (!Locate(coords, &file, &loc, &source)) return false;
+  LocalFile chunk_file;
+  if (!Locate(coords, &chunk_file, &loc)) return false;
   encoded->resize(loc.nbytes);
-  source->ReadAt(loc.offset, Bytes(encoded->data(), encoded->size()), Scratch().path);
+  loc.file->ReadAt(loc.offset, Bytes(encoded->data(), encoded->size()));
   return true;
 }
 

@@ -14,6 +14,7 @@
 
 #include "codecs/codec.h"
 #include "common/dtype.h"
+#include "engine/io/io_scheduler.h"
 
 namespace biodali::zarr {
 
@@ -27,6 +28,12 @@ struct ArrayMetadata {
   DType dtype = DType::kUInt8;
   std::vector<std::byte> fill_value;  // one element, native endian
   bool sharded = false;
+};
+
+// Where one read chunk's encoded bytes are stored.
+struct StoredChunk {
+  io::ByteRange range;       // the chunk file, or the inner chunk's bytes in its shard
+  int64_t inner_chunk = -1;  // position inside the shard; -1 when not sharded
 };
 
 class Array {
@@ -69,6 +76,19 @@ class Array {
   virtual void DecodeReadChunkRangeInPieces(int64_t chunk_index, int64_t element_begin,
                                             int64_t num_elements,
                                             codecs::DecodedBytesSink sink) const = 0;
+
+  // Finds read chunk `coords` (the shard's index is read and cached on first use): false
+  // when it is missing (it reads as fill_value). Errors as DecodeReadChunk. For reading
+  // through the I/O layer: fetch chunk->range, then DecodeFetchedRangeInPieces.
+  virtual bool LocateReadChunk(std::span<const int64_t> coords, StoredChunk *chunk) const = 0;
+
+  // DecodeReadChunkRangeInPieces of 1-D read chunk `chunk_index` from its encoded bytes,
+  // fetched from the range LocateReadChunk gave (`mapped`: they are a view of a file mapping,
+  // whose pages are faulted in at once when the whole chunk is decoded).
+  virtual void DecodeFetchedRangeInPieces(int64_t chunk_index, const StoredChunk &chunk,
+                                          codecs::ConstBytes encoded, bool mapped,
+                                          int64_t element_begin, int64_t num_elements,
+                                          codecs::DecodedBytesSink sink) const = 0;
 
   // True when DecodeReadChunkRange does less work than DecodeReadChunk for a part of a chunk:
   // uncompressed chunks (only the range is read) and bytes -> blosc [-> crc32c] chains (only

@@ -6,7 +6,7 @@
 #include "codecs/buffer.h"
 #include "common/error.h"
 #include "zarr/array_spec.h"
-#include "zarr/file_io.h"
+#include "engine/io/local_file.h"
 
 namespace biodali::zarr {
 namespace {
@@ -16,12 +16,12 @@ using codecs::Bytes;
 
 // Reads the whole file (or byte range of a shard) and decodes one chunk of `num_items`
 // items, appending the first `num_valid` to *out; errors name `path` (and the inner chunk).
-void DecodeChunk(const ArraySpec &spec, const ReadOnlyFile &file, const std::string &path,
+void DecodeChunk(const ArraySpec &spec, const io::LocalFile &file, const std::string &path,
                  uint64_t offset, uint64_t nbytes, int64_t inner_chunk, int64_t num_items,
                  int64_t num_valid, codecs::ScratchBuffer *encoded_buf,
                  std::vector<std::string> *out) {
   Bytes encoded = encoded_buf->Get(nbytes);
-  file.ReadAt(offset, encoded, path);
+  file.ReadAt(offset, encoded);
   try {
     spec.codecs.string_chain->Decode(encoded, num_items, num_valid, out);
   } catch (const Error &e) {
@@ -61,7 +61,7 @@ std::vector<std::string> ReadStringArray(const std::string &path) {
     const int64_t first_chunk = f * chunks_per_file;
     const int64_t end_chunk =
         std::min(first_chunk + chunks_per_file, (num_items + chunk_len - 1) / chunk_len);
-    ReadOnlyFile file;
+    io::LocalFile file;
     if (!file.Open(file_path)) {
       for (int64_t c = first_chunk; c < end_chunk; ++c) fill(c);
       continue;
@@ -79,7 +79,7 @@ std::vector<std::string> ReadStringArray(const std::string &path) {
       FailAt(file_path, e.what());
     }
     Bytes encoded_index = encoded.Get(index_nbytes);
-    file.ReadAt(index_offset, encoded_index, file_path);
+    file.ReadAt(index_offset, encoded_index);
     std::optional<codecs::ShardIndex> index;
     try {
       index.emplace(sharding.DecodeIndex(encoded_index, file.nbytes()));

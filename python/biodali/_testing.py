@@ -207,3 +207,44 @@ def crc32c(data: bytes, impl: str = "auto") -> int:
     crc = ctypes.c_uint32()
     _call(_lib().biodali_crc32c, buf, len(data), impl_code, ctypes.byref(crc))
     return crc.value
+
+
+_IO_MODES = {"map": 0, "read": 1, "lazy": 2}
+
+
+def io_fetch(paths, ranges, *, depth: int = 16, max_in_flight: int = 256 << 20,
+             coalesce_gap: int = 64 << 10, max_request: int = 8 << 20, mode: str = "map",
+             num_waited: int | None = None) -> tuple[list[bytes], dict]:
+    """Fetches ``ranges`` ((file_index, offset, length) into ``paths``) through biodali's I/O
+    scheduler (one batch, as a reader submits a window), waiting for the first ``num_waited``
+    (default all) in order; the rest are cancelled when the batch is dropped. Returns the
+    bytes of the waited ranges and the scheduler's statistics."""
+    lib = _lib()
+    fn = lib.biodali_io_fetch
+    if not fn.argtypes:
+        fn.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.POINTER(ctypes.c_int64),
+                       ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64), ctypes.c_int64,
+                       ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int,
+                       ctypes.c_int64, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int64),
+                       ctypes.c_char_p, ctypes.c_size_t]
+        fn.restype = ctypes.c_int
+    n = len(ranges)
+    num_waited = n if num_waited is None else num_waited
+    c_paths = (ctypes.c_char_p * len(paths))(*[_path(p) for p in paths])
+    file_index = np.array([r[0] for r in ranges], dtype=np.int64)
+    offsets = np.array([r[1] for r in ranges], dtype=np.uint64)
+    lengths = np.array([r[2] for r in ranges], dtype=np.uint64)
+    total = int(lengths[:num_waited].sum()) if n else 0
+    dst = np.empty(max(total, 1), dtype=np.uint8)
+    stats = np.zeros(5, dtype=np.int64)
+    _call(fn, c_paths, len(paths), file_index.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
+          offsets.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)),
+          lengths.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)), n, depth, max_in_flight,
+          coalesce_gap, max_request, _IO_MODES[mode], num_waited, dst.ctypes.data, dst.nbytes,
+          stats.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)))
+    out, at = [], 0
+    for length in lengths[:num_waited]:
+        out.append(dst[at:at + int(length)].tobytes())
+        at += int(length)
+    keys = ("ranges", "requests", "requested_nbytes", "peak_in_flight_nbytes", "cancelled_requests")
+    return out, dict(zip(keys, (int(v) for v in stats)))

@@ -1,4 +1,4 @@
-#include "zarr/file_io.h"
+#include "engine/io/local_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -14,7 +14,7 @@
 
 #include "common/error.h"
 
-namespace biodali::zarr {
+namespace biodali::io {
 
 // The pages of a whole-file mapping count in the process's resident set once touched: over an
 // epoch that would be every shard's compressed bytes, though they are only page cache. So the
@@ -46,6 +46,7 @@ namespace {
 
 constexpr size_t kDropAfterNbytes = size_t{32} << 20;
 constexpr uint64_t kMaxFolioNbytes = uint64_t{2} << 20;
+constexpr uint64_t kAdvisePieceNbytes = uint64_t{4} << 20;
 
 class MappedPages {
  public:
@@ -77,21 +78,19 @@ MappedPages &Registry() {
   return *registry;
 }
 
-// Faults in the page-table entries of a range in one call; a hint, so failure (kernels
-// before 5.14) only means pages fault in on first touch.
-void PopulateRead(const std::byte *data, size_t nbytes) {
+}  // namespace
+
+void PopulateRead(ConstBytes bytes) {
 #ifdef MADV_POPULATE_READ
+  if (bytes.empty()) return;
   static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page * page;
-  ::madvise(reinterpret_cast<void *>(begin), reinterpret_cast<uintptr_t>(data) + nbytes - begin,
-            MADV_POPULATE_READ);
+  const uintptr_t data = reinterpret_cast<uintptr_t>(bytes.data());
+  const uintptr_t begin = data / page * page;
+  ::madvise(reinterpret_cast<void *>(begin), data + bytes.size() - begin, MADV_POPULATE_READ);
 #else
-  (void)data;
-  (void)nbytes;
+  (void)bytes;
 #endif
 }
-
-}  // namespace
 
 WholeFileMapping::WholeFileMapping(void *base, size_t nbytes) : base_(base), nbytes_(nbytes) {
   Registry().Add(this);
@@ -114,8 +113,9 @@ void WholeFileMapping::DropTouchedPages() {
   if (touched_.exchange(false, std::memory_order_relaxed)) ::madvise(base_, nbytes_, MADV_DONTNEED);
 }
 
-bool ReadOnlyFile::Open(const std::string &path, bool map_whole) {
+bool LocalFile::Open(const std::string &path, bool map_whole) {
   Close();
+  path_ = path;
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) return false;
@@ -142,60 +142,106 @@ bool ReadOnlyFile::Open(const std::string &path, bool map_whole) {
   return true;
 }
 
-void ReadOnlyFile::Close() {
+void LocalFile::Close() {
   delete std::exchange(whole_, nullptr);
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
 }
 
-void ReadOnlyFile::ReadAt(uint64_t offset, codecs::Bytes dst, const std::string &path) const {
+void LocalFile::ReadAt(uint64_t offset, Bytes dst) const {
   size_t done = 0;
   while (done < dst.size()) {
     ssize_t n = ::pread(fd_, dst.data() + done, dst.size() - done,
                         static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      FailAt(path, "read failed at offset ", offset + done, ": ", std::strerror(errno));
+      FailAt(path_, "read failed at offset ", offset + done, ": ", std::strerror(errno));
     }
     if (n == 0) {
-      FailAt(path, "file ended at ", offset + done, " bytes while reading ", dst.size(),
+      FailAt(path_, "file ended at ", offset + done, " bytes while reading ", dst.size(),
              " bytes at offset ", offset, " (truncated?)");
     }
     done += static_cast<size_t>(n);
   }
 }
 
-ReadOnlyFile::Mapping ReadOnlyFile::Map(uint64_t offset, uint64_t nbytes, bool populate,
-                                        const std::string &path) const {
+void LocalFile::CheckHolds(uint64_t offset, uint64_t nbytes) const {
   struct stat st;
-  if (::fstat(fd_, &st) != 0) FailAt(path, "cannot stat: ", std::strerror(errno));
+  if (::fstat(fd_, &st) != 0) FailAt(path_, "cannot stat: ", std::strerror(errno));
   if (static_cast<uint64_t>(st.st_size) < offset + nbytes) {
-    FailAt(path, "file ended at ", st.st_size, " bytes while reading ", nbytes,
+    FailAt(path_, "file ended at ", st.st_size, " bytes while reading ", nbytes,
            " bytes at offset ", offset, " (truncated?)");
   }
-  if (nbytes == 0) return {};
-  if (whole_ != nullptr && offset + nbytes <= whole_->nbytes()) {
-    const std::byte *data = whole_->data() + offset;
-    if (populate) PopulateRead(data, nbytes);
-    whole_->NoteTouched(offset, nbytes);
-    return Mapping(nullptr, 0, data, nbytes);
-  }
+}
+
+void LocalFile::MakeResident(const std::byte *mapped, uint64_t offset, uint64_t nbytes) const {
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t aligned = offset / page * page;
-  const size_t mapped_nbytes = static_cast<size_t>(offset + nbytes - aligned);
-  void *base = ::mmap(nullptr, mapped_nbytes, PROT_READ, MAP_SHARED | (populate ? MAP_POPULATE : 0),
-                      fd_, static_cast<off_t>(aligned));
-  if (base == MAP_FAILED) FailAt(path, "cannot map ", nbytes, " bytes at offset ", offset, ": ", std::strerror(errno));
-  return Mapping(base, mapped_nbytes, static_cast<const std::byte *>(base) + (offset - aligned),
-                 static_cast<size_t>(nbytes));
+  // Ask for every missing page at once: the kernel queues the reads (many in flight) and
+  // returns. In pieces, because one call reads at most the device's readahead size.
+  for (uint64_t at = offset; at < offset + nbytes; at += kAdvisePieceNbytes) {
+    ::posix_fadvise(fd_, static_cast<off_t>(at),
+                    static_cast<off_t>(std::min(kAdvisePieceNbytes, offset + nbytes - at)),
+                    POSIX_FADV_WILLNEED);
+  }
+  // Then wait: mincore tells which pages are not read yet (cached pages cost only this
+  // check), and a 1-byte pread of such a page blocks until its read completes (or reads it,
+  // if it was evicted meanwhile). Pages are scanned forward once, so this ends.
+  const uintptr_t base = reinterpret_cast<uintptr_t>(mapped) / page * page;
+  const uint64_t base_offset = offset - (reinterpret_cast<uintptr_t>(mapped) - base);
+  const uint64_t num_pages = (reinterpret_cast<uintptr_t>(mapped) + nbytes - base + page - 1) / page;
+  thread_local std::vector<unsigned char> resident;
+  resident.resize(num_pages);
+  for (uint64_t first = 0; first < num_pages;) {
+    if (::mincore(reinterpret_cast<void *>(base + first * page), (num_pages - first) * page,
+                  resident.data()) != 0)
+      return;  // a hint only: decoders fault missing pages in themselves
+    uint64_t missing = first;
+    while (missing < num_pages && (resident[missing - first] & 1)) ++missing;
+    if (missing == num_pages) return;
+    std::byte one;
+    const uint64_t at = std::max(offset, base_offset + missing * page);
+    for (;;) {
+      ssize_t n = ::pread(fd_, &one, 1, static_cast<off_t>(at));
+      if (n >= 0) break;
+      if (errno != EINTR) FailAt(path_, "read failed at offset ", at, ": ", std::strerror(errno));
+    }
+    first = missing + 1;
+  }
 }
 
-void ReadOnlyFile::Mapping::Unmap() {
-  if (owned_base_ != nullptr) ::munmap(owned_base_, owned_nbytes_);
-  owned_base_ = nullptr;
+ConstBytes LocalFile::Fetch(uint64_t offset, uint64_t nbytes, FetchMode mode, FetchHold *hold,
+                            bool *mapped) const {
+  *mapped = false;
+  if (mode == FetchMode::kRead) {
+    std::shared_ptr<std::byte[]> buffer(new std::byte[std::max<uint64_t>(nbytes, 1)]);
+    ReadAt(offset, Bytes(buffer.get(), nbytes));
+    hold->owner = buffer;
+    return {buffer.get(), nbytes};
+  }
+  CheckHolds(offset, nbytes);
+  if (nbytes == 0) return {};
+  const std::byte *data;
+  if (whole_ != nullptr && offset + nbytes <= whole_->nbytes()) {
+    data = whole_->data() + offset;
+    whole_->NoteTouched(offset, nbytes);
+  } else {
+    static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t aligned = offset / page * page;
+    const size_t mapped_nbytes = static_cast<size_t>(offset + nbytes - aligned);
+    void *base = ::mmap(nullptr, mapped_nbytes, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(aligned));
+    if (base == MAP_FAILED)
+      FailAt(path_, "cannot map ", nbytes, " bytes at offset ", offset, ": ", std::strerror(errno));
+    hold->owner = std::shared_ptr<const void>(base, [mapped_nbytes](const void *p) {
+      ::munmap(const_cast<void *>(p), mapped_nbytes);
+    });
+    data = static_cast<const std::byte *>(base) + (offset - aligned);
+  }
+  if (mode == FetchMode::kMapResident) MakeResident(data, offset, nbytes);
+  *mapped = true;
+  return {data, static_cast<size_t>(nbytes)};
 }
 
-std::shared_ptr<const ReadOnlyFile> FileCache::Get(int64_t key, const std::string &path) {
+std::shared_ptr<const StoredFile> FileCache::Get(int64_t key, const std::string &path) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     for (size_t i = 0; i < entries_.size(); ++i) {
@@ -212,7 +258,7 @@ std::shared_ptr<const ReadOnlyFile> FileCache::Get(int64_t key, const std::strin
   }
   // Open outside the lock so a slow open does not stall readers of other shards. Two threads
   // racing on one shard may both open it; the later one returns the cached file and closes its own.
-  auto file = std::make_shared<ReadOnlyFile>();
+  auto file = std::make_shared<LocalFile>();
   // Missing shards are not cached here: the caller's shard-index cache remembers them.
   if (!file->Open(path, /*map_whole=*/true)) return nullptr;
   std::lock_guard<std::mutex> lock(mutex_);
@@ -224,4 +270,4 @@ std::shared_ptr<const ReadOnlyFile> FileCache::Get(int64_t key, const std::strin
   return file;
 }
 
-}  // namespace biodali::zarr
+}  // namespace biodali::io
