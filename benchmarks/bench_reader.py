@@ -17,6 +17,15 @@ contenders/biodali_reader.py under --biodali-python), with the same seed, batch 
 number of timed cells, and collects the JSON line each prints; (c) runs decode_ceiling.py once;
 (d) writes results/reader-<YYYYMMDD-HHMM>.json (every raw run + machine info) and
 results/reader-latest.md (medians per config), and prints the markdown.
+
+Cold mode (``--page-cache cold``): nothing is warmed; instead the collection's cached pages are
+dropped (posix_fadvise DONTNEED on every file) before every contender run, so each run reads
+from storage; disk_probe.py runs once before the runs (random reads of the X shards at 1-16
+requests in flight) and the report adds MB/s of stored X bytes (X bytes per cell x cells/s)
+next to the probe's best. The markdown goes to results/reader-cold-latest.md (the warm
+reader-latest.md stays).
+
+    .venv/bin/python benchmarks/bench_reader.py --page-cache cold --runs 3 [--io-depth 16]
 """
 from __future__ import annotations
 
@@ -59,6 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="run r (1-based) uses seed + r - 1")
     p.add_argument("--num-io-threads", type=int, default=0, help="biodali num_io_threads (0: all cores)")
     p.add_argument("--prefetch-windows", type=int, default=1, help="biodali prefetch_windows")
+    p.add_argument("--io-depth", type=int, default=None,
+                   help="biodali reader argument io_depth (requests in flight); passed to the reader "
+                        "only when given (plugins without the argument otherwise still work)")
+    p.add_argument("--reader-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra biodali reader argument, repeatable (VALUE: a Python literal, else a "
+                        "string), e.g. --reader-arg io_depth=8; passed only when given")
     p.add_argument("--biodali-scipy", action="store_true",
                    help="biodali contender also wraps each batch in a scipy.sparse.csr_matrix")
     p.add_argument("--transforms", type=int, default=0, metavar="N_GENES",
@@ -75,16 +90,27 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="read the collection only once, not again before every contender run "
                         "(kernels that reclaim cold page cache proactively, e.g. DAMON pageout "
                         "schemes, otherwise evict parts of it between runs)")
-    p.add_argument("--page-cache", choices=["fresh", "as-is"], default="fresh",
+    p.add_argument("--page-cache", choices=["fresh", "as-is", "cold"], default="fresh",
                    help="fresh: drop the collection's cached pages and read them back once before "
                         "the runs (reproducible: large folios where the kernel and filesystem use "
-                        "them); as-is: only read it, keeping whatever folios the cache holds "
+                        "them); as-is: only read it, keeping whatever folios the cache holds; "
+                        "cold: drop its cached pages before every contender run and never read it "
+                        "ahead (every run reads from storage; runs disk_probe.py once first) "
                         "(default %(default)s)")
+    p.add_argument("--no-disk-probe", action="store_true", help="cold mode: skip disk_probe.py")
+    p.add_argument("--probe-seconds-per-point", type=float, default=1.5,
+                   help="disk probe: seconds per measurement at most (default %(default)s)")
+    p.add_argument("--probe-bytes-per-point", default="384M",
+                   help="disk probe: bytes per measurement at most (default %(default)s)")
     p.add_argument("--allow-low-memory", action="store_true",
                    help="go on when MemAvailable < collection + headroom (figures then not warm cache)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per contender process")
     p.add_argument("--out", default=str(HERE / "results"), help="output folder (default %(default)s)")
     args = p.parse_args(argv)
+    args.cold = args.page_cache == "cold"
+    for item in args.reader_arg:
+        if "=" not in item:
+            p.error(f"--reader-arg: {item!r} is not KEY=VALUE")
     args.config_list = []
     for c in args.configs.split(","):
         try:
@@ -149,17 +175,50 @@ def machine_info() -> dict:
 # ----------------------------------------------------------------------------- page cache ----
 
 def collection_files(path: Path) -> list[Path]:
-    return sorted(p for p in Path(path).rglob("*") if p.is_file())
+    return _common.collection_files(path)
 
 
-def drop_cached_pages(files: list[Path]) -> None:
-    """Asks the kernel to drop the files' clean cached pages (no privileges needed)."""
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+def drop_cached_pages(files: list[Path]) -> float:
+    """Asks the kernel to drop the files' cached pages (no privileges needed); returns seconds."""
+    return _common.drop_page_cache(files)
+
+
+def x_bytes(path: Path) -> int:
+    """Stored bytes of X (data, indices, indptr; all datasets): what reading every cell reads."""
+    return sum(f.stat().st_size for g in _common.dataset_groups(path)
+               for f in collection_files(g / "X"))
+
+
+def cold_page_cache(path: Path) -> dict:
+    """Cold mode's bookkeeping: nothing is read ahead; the pages are dropped before each run."""
+    files = collection_files(path)
+    nbytes = sum(f.stat().st_size for f in files)
+    print(f"cold page cache: collection {nbytes / GIB:.2f} GiB in {len(files)} files, dropped "
+          "before every contender run", file=sys.stderr, flush=True)
+    return {"mode": "cold", "files": len(files), "bytes": nbytes, "fresh": False,
+            "cached_bytes_at_start": _common.cached_bytes(files)}
+
+
+def run_disk_probe(data: str, seconds_per_point: float, bytes_per_point: str) -> dict:
+    """disk_probe.probe() over the X shards, in a spawned process (its read buffers would
+    otherwise raise the harness's RSS, which children inherit as their ru_maxrss floor)."""
+    import multiprocessing
+
+    import disk_probe
+
+    print("disk probe (random cold reads of the X shards, 1-16 in flight):", file=sys.stderr, flush=True)
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            res = pool.apply(disk_probe.probe, (data,), dict(
+                seconds_per_point=seconds_per_point,
+                bytes_per_point=disk_probe.parse_size(bytes_per_point), verbose=True))
+    except Exception as e:  # noqa: BLE001
+        print(f"  FAILED: {e!r}", file=sys.stderr, flush=True)
+        return {"error": repr(e)}
+    b = res.get("best") or {}
+    print(f"  best {b.get('mb_per_s', 0):,.0f} MB/s at {b.get('block_bytes', 0) / 1e6:.2f} MB x depth "
+          f"{b.get('depth')} ({res['seconds_total']:.0f} s)", file=sys.stderr, flush=True)
+    return res
 
 
 def folio_report(data: str) -> dict:
@@ -190,7 +249,7 @@ def warm_page_cache(path: Path, headroom_gib: float, allow_low_memory: bool, fre
     if fresh:
         drop_cached_pages(files)
     seconds = read_files(files)
-    return {"files": len(files), "bytes": nbytes, "read_seconds": seconds, "fresh": fresh,
+    return {"mode": "warm", "files": len(files), "bytes": nbytes, "read_seconds": seconds, "fresh": fresh,
             "read_gb_per_s": nbytes / seconds / 1e9 if seconds > 0 else None,
             "mem_available_before": mem["MemAvailable"], "enough_ram": enough}
 
@@ -258,11 +317,16 @@ def contender_cmd(args, name: str, chunk: int, preload: int, seed: int) -> list[
     return shlex.split(args.biodali_python) + [
         str(HERE / "contenders" / "biodali_reader.py"), *common,
         "--num-io-threads", str(args.num_io_threads), "--prefetch-windows", str(args.prefetch_windows),
+        *(["--io-depth", str(args.io_depth)] if args.io_depth is not None else []),
+        *[a for item in args.reader_arg for a in ("--reader-arg", item)],
         *(["--scipy"] if args.biodali_scipy else []),
         *(["--chain"] if name == "biodali_chain" else [])]
 
 
 def short(res: dict) -> str:
+    if res.get("cached_bytes_after_drop") is not None:
+        return (short({k: v for k, v in res.items() if k != "cached_bytes_after_drop"})
+                + f" (cold: {res['cached_bytes_after_drop'] / (1 << 20):.1f} MiB cached after the drop)")
     if "error" in res:
         return f"FAILED ({res['error']}): {res.get('stderr_tail', '').strip().splitlines()[-1:] }"
     return (f"{res['cells_per_s']:,.0f} cells/s, peak RSS {res['peak_rss_bytes'] / GIB:.2f} GiB, "
@@ -288,6 +352,15 @@ def _fmt_pct(v):
     return "n/a" if v is None else f"{100 * v:.0f}%"
 
 
+def _fmt_mib(v):
+    return "n/a" if v is None else f"{v / (1 << 20):.1f} MiB"
+
+
+def _extra_reader_args(a: dict) -> str:
+    extra = ([f"io_depth={a['io_depth']}"] if a.get("io_depth") is not None else []) + list(a.get("reader_arg") or [])
+    return "".join(f", {e}" for e in extra)
+
+
 def folio_line(cache: dict) -> str:
     def one(f):
         if not f or "error" in f or f.get("share_in_folios_ge_64k") is None:
@@ -310,12 +383,17 @@ def render_markdown(report: dict) -> str:
     if isinstance(report.get("n_obs"), int):
         data_line += (f" ({report['n_obs']:,} cells x {report['n_vars']:,} genes, "
                       f"{cache.get('bytes', 0) / GIB:.2f} GiB on disk)")
-    lines = [
-        (f"# Transforms benchmark: biodali vs annbatch + scipy ({report['started']})"
-         if report["args"].get("transforms") else
-         f"# Reader benchmark: biodali vs annbatch ({report['started']})"),
-        "",
-        data_line,
+    cold = cache.get("mode") == "cold"
+    regime = "cold page cache" if cold else "warm page cache"
+    if cold:
+        cache_line = (
+            "- **Cold page cache** (`--page-cache cold`): the collection's cached pages were dropped "
+            "(`posix_fadvise(DONTNEED)` on every file) before every contender run and nothing was "
+            "read ahead: each run reads the collection from storage"
+            + (f" (median {_fmt_mib(report.get('cached_after_drop_median'))} of it still cached right "
+               "after a drop)." if report.get("cached_after_drop_median") is not None else "."))
+    else:
+        cache_line = (
         "- **Warm page cache**: every file of the collection was read once before the runs "
         + ("after its cached pages were dropped (`--page-cache fresh`: the cache holds it as one "
            "sequential read leaves it) " if cache.get("fresh") else "(`--page-cache as-is`) ")
@@ -323,8 +401,15 @@ def render_markdown(report: dict) -> str:
         f"enough RAM to keep it cached: {cache.get('enough_ram')})"
         + ("." if a.get("no_rewarm") else
            " and again before every contender run (kernels with proactive reclaim, such as "
-           "DAMON pageout schemes, evict cold page cache between runs)."),
-        "- Page cache folios (`page_cache_folios.py`, X shards): " + folio_line(cache),
+           "DAMON pageout schemes, evict cold page cache between runs)."))
+    lines = [
+        (f"# Transforms benchmark: biodali vs annbatch + scipy, {regime} ({report['started']})"
+         if report["args"].get("transforms") else
+         f"# Reader benchmark: biodali vs annbatch, {regime} ({report['started']})"),
+        "",
+        data_line,
+        cache_line,
+        *([] if cold else ["- Page cache folios (`page_cache_folios.py`, X shards): " + folio_line(cache)]),
         f"- batch_size {a['batch_size']}, {a['cells']:,} timed cells per run after "
         f"{a['warmup_batches']} warm-up batches, {a['runs']} runs per config, annbatch and biodali "
         "interleaved in each run (annbatch first in odd runs, biodali first in even ones), each in its own process; shuffle on in both.",
@@ -334,7 +419,8 @@ def render_markdown(report: dict) -> str:
         "preload_to_gpu=False).use_collection(DatasetCollection(path), load_adata=X only)` with "
         f"codec pipeline `{versions.get('annbatch_codec_pipeline', '?')}`; yields scipy CSR.",
         f"- biodali: `fn.biodali.readers.anndata(random_shuffle=True, chunk_size, preload_chunks, "
-        f"num_io_threads={a['num_io_threads']}, prefetch_windows={a['prefetch_windows']})` in a CPU "
+        f"num_io_threads={a['num_io_threads']}, prefetch_windows={a['prefetch_windows']}"
+        f"{_extra_reader_args(a)})` in a CPU "
         "DALI pipeline (num_threads = cores, prefetch_queue_depth 1); batches as CSR numpy arrays"
         + (" wrapped in scipy.sparse.csr_matrix." if a.get("biodali_scipy") else
            " (data, indices, indptr) via biodali.batch.csr_arrays, indptr from a values.shape() output."),
@@ -350,14 +436,30 @@ def render_markdown(report: dict) -> str:
     if m["loadavg_at_start"][0] > 0.25 * (m["nproc"] or 1):
         lines.append(f"- **Warning**: load average {m['loadavg_at_start'][0]:.2f} at start: the "
                      "machine was not quiet; timings are not representative.")
+    probe = report.get("disk_probe")
+    if probe and "error" not in probe and probe.get("points"):
+        import disk_probe
+
+        best = probe["best"]
+        best_line = (f"Best: **{best['mb_per_s']:,.0f} MB/s** ({best['block_bytes'] / 1e6:.2f} MB blocks, "
+                     f"{best['depth']} in flight)")
+        if report.get("x_bytes_per_cell"):
+            best_line += (f"; at {report['x_bytes_per_cell']:,.0f} stored X bytes per cell that is "
+                          f"{best['mb_per_s'] * 1e6 / report['x_bytes_per_cell']:,.0f} cells/s")
+        lines += ["", f"Disk probe (`disk_probe.py`: random reads of the X shards, distinct block-aligned "
+                  f"ranges, buffered, page cache dropped before each measurement, median of "
+                  f"{probe['repeats']}; {probe['seconds_total']:.0f} s), MB/s:", "",
+                  *disk_probe.markdown_table(probe), "", best_line + "."]
+    elif probe:
+        lines.append(f"- Disk probe: failed ({probe.get('error')}).")
     lines.append("")
     for cfg in report["configs"]:
         chunk, preload = cfg["chunk_size"], cfg["preload_nchunks"]
         lines += [f"## chunk_size={chunk}, preload_nchunks={preload} "
-                  f"(window {chunk * preload:,} rows)", "",
+                  f"(window {chunk * preload:,} rows), {regime}", "",
                   "| contender | median cells/s | per run | median peak RSS | RSS before 1st batch "
-                  "| cores busy | of decode ceiling |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| cores busy | of decode ceiling |" + (" X MB/s read | of probe's best |" if cold else ""),
+                  "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cold else "")]
         med = {}
         for name in report["args"]["contender_list"]:
             runs = cfg["runs"][name]
@@ -367,10 +469,16 @@ def render_markdown(report: dict) -> str:
             busy = [r["cpu_seconds"] / r["seconds"] for r in runs if "error" not in r]
             share = cps / ceil_cps if (cps and ceil_cps) else None
             busy_s = f"{statistics.median(busy):.2f}" if busy else "n/a"
-            lines.append(f"| {name} | {_fmt_rate(cps)} | {per_run} | "
-                         f"{_fmt_gib(_median(runs, 'peak_rss_bytes'))} | "
-                         f"{_fmt_gib(_median(runs, 'rss_before_first_batch_bytes'))} | {busy_s} | "
-                         f"{_fmt_pct(share)} |")
+            row = (f"| {name} | {_fmt_rate(cps)} | {per_run} | "
+                   f"{_fmt_gib(_median(runs, 'peak_rss_bytes'))} | "
+                   f"{_fmt_gib(_median(runs, 'rss_before_first_batch_bytes'))} | {busy_s} | "
+                   f"{_fmt_pct(share)} |")
+            if cold:
+                mbps = cps * report["x_bytes_per_cell"] / 1e6 if (cps and report.get("x_bytes_per_cell")) else None
+                best = (probe or {}).get("best") or {}
+                of_best = mbps / best["mb_per_s"] if (mbps and best.get("mb_per_s")) else None
+                row += f" {'n/a' if mbps is None else f'{mbps:,.0f}'} | {_fmt_pct(of_best)} |"
+            lines.append(row)
         if med.get("annbatch") and med.get("biodali"):
             lines += ["", f"**biodali / annbatch: {med['biodali'] / med['annbatch']:.2f}x** (ratio of medians)"]
         if med.get("annbatch") and med.get("biodali_chain"):
@@ -382,7 +490,10 @@ def render_markdown(report: dict) -> str:
     lines += ["Columns: cells/s over the timed cells (after warm-up); peak RSS = the contender "
               "process's ru_maxrss; RSS before 1st batch = after building the loader/pipeline "
               "(libraries, metadata); cores busy = process CPU time / wall time of the timed part; "
-              "of decode ceiling = median cells/s / decode-ceiling cells/s.", ""]
+              "of decode ceiling = median cells/s / decode-ceiling cells/s."
+              + (" X MB/s read = median cells/s x stored bytes of X (data + indices + indptr) per "
+                 "cell, the compressed bytes an epoch reads; of probe's best = that / the disk "
+                 "probe's best MB/s." if cold else ""), ""]
     lines += ["Produced by:", "", "```", report["command_line"], "```",
               "", f"Raw runs: `{report['json_file']}`", ""]
     return "\n".join(lines)
@@ -422,8 +533,11 @@ def main(argv=None) -> int:
         "args": {k: v for k, v in vars(args).items()},
         "machine": machine_info(),
         "git": git_describe(),
-        "notes": "All figures are for a warm page cache: the collection was read once first and, "
-                 "unless --no-rewarm, again before every contender run.",
+        "page_cache_mode": "cold" if args.cold else "warm",
+        "notes": ("All figures are for a cold page cache: the collection's cached pages were dropped "
+                  "(posix_fadvise DONTNEED on every file) before every contender run." if args.cold else
+                  "All figures are for a warm page cache: the collection was read once first and, "
+                  "unless --no-rewarm, again before every contender run."),
     }
     try:
         report["n_obs"], report["n_vars"] = _common.x_shape(args.data)
@@ -443,9 +557,18 @@ def main(argv=None) -> int:
             "pipeline": "normalize(target_sum=1e4, log1p) -> select_genes -> densify(float32)",
             "annbatch_side": "contenders/_common.py scipy_transforms on each scipy CSR batch",
             "n_genes": args.transforms}
-    report["page_cache"] = warm_page_cache(Path(args.data), args.headroom_gib, args.allow_low_memory,
-                                           fresh=args.page_cache == "fresh")
-    report["page_cache"]["folios_before_runs"] = folio_report(args.data)
+    report["x_bytes"] = x_bytes(Path(args.data))
+    report["x_bytes_per_cell"] = report["x_bytes"] / report["n_obs"] if report["n_obs"] else None
+    files = collection_files(Path(args.data))
+    if args.cold:
+        report["page_cache"] = cold_page_cache(Path(args.data))
+        if not args.no_disk_probe:
+            report["disk_probe"] = run_disk_probe(args.data, args.probe_seconds_per_point,
+                                                  args.probe_bytes_per_point)
+    else:
+        report["page_cache"] = warm_page_cache(Path(args.data), args.headroom_gib, args.allow_low_memory,
+                                               fresh=args.page_cache == "fresh")
+        report["page_cache"]["folios_before_runs"] = folio_report(args.data)
 
     env = child_env(args.data)
     report["configs"] = [{"chunk_size": c, "preload_nchunks": p, "runs": {n: [] for n in args.contender_list}}
@@ -459,15 +582,29 @@ def main(argv=None) -> int:
             for name in order:
                 print(f"run {run}/{args.runs} chunk_size={cfg['chunk_size']} "
                       f"preload_nchunks={cfg['preload_nchunks']} {name}:", file=sys.stderr, flush=True)
-                rewarm_seconds = None if args.no_rewarm else read_files(collection_files(Path(args.data)))
+                drop_seconds = cached_after_drop = rewarm_seconds = None
+                if args.cold:
+                    drop_seconds = drop_cached_pages(files)
+                    cached_after_drop = _common.cached_bytes(files)
+                elif not args.no_rewarm:
+                    rewarm_seconds = read_files(files)
                 res = run_json(contender_cmd(args, name, cfg["chunk_size"], cfg["preload_nchunks"], seed),
                                args.timeout, env)
                 res["run"] = run
+                res["page_cache"] = "cold" if args.cold else "warm"
                 res["rewarm_seconds"] = rewarm_seconds
+                if args.cold:
+                    res["drop_seconds"] = drop_seconds
+                    res["cached_bytes_after_drop"] = cached_after_drop
                 cfg["runs"][name].append(res)
                 print(f"  {short(res)}", file=sys.stderr, flush=True)
 
-    report["page_cache"]["folios_after_runs"] = folio_report(args.data)
+    if args.cold:
+        left = [r["cached_bytes_after_drop"] for cfg in report["configs"] for runs in cfg["runs"].values()
+                for r in runs if r.get("cached_bytes_after_drop") is not None]
+        report["cached_after_drop_median"] = statistics.median(left) if left else None
+    else:
+        report["page_cache"]["folios_after_runs"] = folio_report(args.data)
 
     if not args.no_decode_ceiling:
         print("decode ceiling:", file=sys.stderr, flush=True)
@@ -499,7 +636,7 @@ def main(argv=None) -> int:
     report["json_file"] = str(json_file.relative_to(REPO) if json_file.is_relative_to(REPO) else json_file)
     json_file.write_text(json.dumps(report, indent=1) + "\n")
     md = render_markdown(report)
-    (out_dir / f"{prefix}-latest.md").write_text(md)
+    (out_dir / f"{prefix}{'-cold' if args.cold else ''}-latest.md").write_text(md)
     print(md)
     failed = any("error" in r for cfg in report["configs"] for runs in cfg["runs"].values() for r in runs)
     return 1 if failed else 0

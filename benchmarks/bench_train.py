@@ -17,6 +17,16 @@ chooses its genes) -> the collection read once (warm page cache, as bench_reader
 1..R: the annbatch contender, then the biodali one, each its own process printing one JSON line
 (contenders/train_common.py) -> results/train-<YYYYMMDD-HHMM>.json (every run) and
 results/train-latest.md (medians), printed at the end.
+
+Larger than RAM (``--page-cache cold-per-epoch``): the collection is not read ahead; its cached
+pages are dropped (posix_fadvise DONTNEED on every file) before every contender process and, in
+the contenders, at the start of every later epoch of their loader, so every epoch reads from
+storage. A run of --steps steps at batch B covers steps x B / n_obs epochs (200 x 1024 on the 1M
+collection: a fifth of one); ``--drop-every N`` also drops every N steps, a stand-in for epoch
+boundaries in short runs. Drop time is left out of the timings. The markdown then goes to
+results/train-cold-latest.md.
+
+    .venv/bin/python benchmarks/bench_train.py --page-cache cold-per-epoch
 """
 from __future__ import annotations
 
@@ -32,8 +42,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_reader import (GIB, child_env, git_describe, machine_info, run_json,  # noqa: E402
-                          warm_page_cache)
+from bench_reader import (GIB, child_env, cold_page_cache, git_describe,  # noqa: E402
+                          machine_info, run_json, warm_page_cache)
 
 DEFAULT_DATA = "/opt/benchdata/expr-1m-annbatch.zarr"
 DEFAULT_ANNBATCH_PYTHON = "../shared/tools/annbatch-env/run.sh python"
@@ -61,8 +71,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--headroom-gib", type=float, default=4.0)
     p.add_argument("--allow-low-memory", action="store_true")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per contender process")
+    p.add_argument("--page-cache", choices=["warm", "cold-per-epoch"], default="warm",
+                   help="warm: read the collection once first (after dropping its pages); "
+                        "cold-per-epoch: drop its cached pages before every contender process and "
+                        "at every later epoch start, never read it ahead (default %(default)s)")
+    p.add_argument("--drop-every", type=int, default=0, metavar="N",
+                   help="cold-per-epoch: also drop the pages every N steps (warm-up steps counted), "
+                        "an epoch boundary for runs shorter than an epoch (default: 0, never)")
     p.add_argument("--out", default=str(HERE / "results"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.drop_every and args.page_cache != "cold-per-epoch":
+        p.error("--drop-every needs --page-cache cold-per-epoch")
+    args.cold = args.page_cache == "cold-per-epoch"
+    return args
 
 
 def write_genes(data: str, n_genes: int) -> str:
@@ -80,7 +101,9 @@ def write_genes(data: str, n_genes: int) -> str:
 def contender_cmd(args, name: str, seed: int) -> list[str]:
     common = ["--data", args.data, "--genes-file", args.genes_file, "--batch-size", str(args.batch_size),
               "--chunk-size", str(args.chunk_size), "--preload-chunks", str(args.preload_chunks),
-              "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--seed", str(seed)]
+              "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--seed", str(seed),
+              *(["--drop-cache-per-epoch"] if args.cold else []),
+              *(["--drop-every", str(args.drop_every)] if args.drop_every else [])]
     if name == "annbatch":
         site = ["--torch-site", args.torch_site] if args.torch_site else []
         return shlex.split(args.annbatch_python) + [str(HERE / "contenders" / "train_annbatch.py"),
@@ -105,11 +128,26 @@ def summary(runs: list[dict]) -> dict:
     return med
 
 
+def _cache_words(report: dict) -> str:
+    a = report["args"]
+    if not a.get("cold"):
+        return "warm page cache"
+    n_obs = report.get("n_obs") or 0
+    epochs = (a["warmup_steps"] + a["steps"]) * a["batch_size"] / n_obs if n_obs else 0
+    words = ("**cold page cache per epoch** (the collection's cached pages dropped with "
+             "posix_fadvise(DONTNEED) before every contender process and at every later epoch "
+             f"start; a run covers {epochs:.2f} epochs")
+    if a.get("drop_every"):
+        words += f"; also dropped every {a['drop_every']} steps, as a stand-in epoch boundary"
+    return words + "; drop time left out of the timings)"
+
+
 def render_markdown(report: dict) -> str:
     a, m = report["args"], report["machine"]
     s = report["summary"]
-    lines = [f"# Training benchmark: biodali vs annbatch ({report['started']})", "",
-             f"`{a['data']}` ({report.get('n_obs', '?'):,} cells), warm page cache; the demo's MLP "
+    lines = [f"# Training benchmark: biodali vs annbatch, "
+             f"{'cold page cache per epoch' if a.get('cold') else 'warm page cache'} ({report['started']})", "",
+             f"`{a['data']}` ({report.get('n_obs', '?'):,} cells), {_cache_words(report)}; the demo's MLP "
              f"({a['n_genes']} HVG -> 256 -> 256 -> 50, Adam), batch {a['batch_size']}, chunk_size "
              f"{a['chunk_size']} x preload {a['preload_chunks']}, {a['steps']} timed steps after "
              f"{a['warmup_steps']} warm-up steps, median of {a['runs']} runs (annbatch then biodali "
@@ -156,14 +194,25 @@ def main(argv=None) -> int:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         args.genes_file = pool.apply(write_genes, (args.data, args.n_genes))
     report["args"] = dict(vars(args))
-    report["page_cache"] = warm_page_cache(Path(args.data), args.headroom_gib, args.allow_low_memory)
+    if args.cold:
+        report["page_cache"] = cold_page_cache(Path(args.data))
+        files = _common.collection_files(args.data)
+    else:
+        report["page_cache"] = warm_page_cache(Path(args.data), args.headroom_gib, args.allow_low_memory,
+                                               fresh=True)
     env = child_env(args.data)
     report["runs"] = {name: [] for name in CONTENDERS}
     for run in range(1, args.runs + 1):
         for name in CONTENDERS:
             print(f"run {run}/{args.runs} {name}:", file=sys.stderr, flush=True)
+            if args.cold:
+                drop_seconds = _common.drop_page_cache(files)
+                cached = _common.cached_bytes(files)
             res = run_json(contender_cmd(args, name, args.seed + run - 1), args.timeout, env)
             res["run"] = run
+            if args.cold:
+                res["harness_drop_seconds"] = drop_seconds
+                res["cached_bytes_after_harness_drop"] = cached
             report["runs"][name].append(res)
             print(f"  {short(res)}", file=sys.stderr, flush=True)
     report["summary"] = {name: summary(runs) for name, runs in report["runs"].items()}
@@ -172,7 +221,7 @@ def main(argv=None) -> int:
     report["json_file"] = str(json_file.relative_to(REPO) if json_file.is_relative_to(REPO) else json_file)
     json_file.write_text(json.dumps(report, indent=1) + "\n")
     md = render_markdown(report)
-    (out_dir / "train-latest.md").write_text(md)
+    (out_dir / ("train-cold-latest.md" if args.cold else "train-latest.md")).write_text(md)
     print(md)
     return 1 if any("error" in r for runs in report["runs"].values() for r in runs) else 0
 

@@ -6,7 +6,10 @@ holds one operator:
 
     values, indices = fn.biodali.readers.anndata(
         path=PATH, random_shuffle=True, seed=S, chunk_size=C, preload_chunks=P,
-        num_io_threads=T, prefetch_windows=W, name="reader")
+        num_io_threads=T, prefetch_windows=W, name="reader"[, io_depth=N][, KEY=VALUE...])
+
+``--io-depth N`` and ``--reader-arg KEY=VALUE`` (repeatable; VALUE a Python literal, else a
+string) add reader arguments only when given, so the script runs against plugins that lack them.
 
 With ``--genes-file`` the pipeline continues with ``fn.biodali.expression.normalize_densify``
 (normalize + log1p + gene subset + densify float32 in one operator; ``--chain``: the three
@@ -37,6 +40,28 @@ def _extra(p):
                         "instead of the fused normalize_densify")
     p.add_argument("--scipy", action="store_true",
                    help="also wrap every batch in a scipy.sparse.csr_matrix (index checks included)")
+    p.add_argument("--io-depth", type=int, default=None,
+                   help="reader argument io_depth (requests in flight); passed only when given")
+    p.add_argument("--reader-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra reader argument (repeatable); VALUE is a Python literal, else a string")
+
+
+def reader_kwargs(args) -> dict:
+    """The optional reader arguments: only those given on the command line."""
+    import ast
+
+    extra = {}
+    if args.io_depth is not None:
+        extra["io_depth"] = args.io_depth
+    for item in args.reader_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--reader-arg: {item!r} is not KEY=VALUE")
+        try:
+            extra[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            extra[key.strip()] = value
+    return extra
 
 
 def main(argv=None) -> dict:
@@ -48,6 +73,7 @@ def main(argv=None) -> dict:
     from nvidia.dali import fn, pipeline_def, types
 
     n_rows, n_cols = _common.x_shape(args.data)
+    extra_reader_args = reader_kwargs(args)
     genes = [int(g) for g in np.load(args.genes_file)] if args.genes_file else None
 
     # The reader prefetches windows on its own I/O threads, so DALI's pipeline-level prefetch
@@ -56,10 +82,11 @@ def main(argv=None) -> dict:
     @pipeline_def(batch_size=args.batch_size, num_threads=os.cpu_count(), device_id=None,
                   prefetch_queue_depth=1)
     def pipe():
-        values, indices = fn.biodali.readers.anndata(
-            path=args.data, random_shuffle=True, seed=args.seed, chunk_size=args.chunk_size,
-            preload_chunks=args.preload_nchunks, num_io_threads=args.num_io_threads,
-            prefetch_windows=args.prefetch_windows, name="reader")
+        values, indices = fn.biodali.readers.anndata(**{
+            "path": args.data, "random_shuffle": True, "seed": args.seed,
+            "chunk_size": args.chunk_size, "preload_chunks": args.preload_nchunks,
+            "num_io_threads": args.num_io_threads, "prefetch_windows": args.prefetch_windows,
+            "name": "reader", **extra_reader_args})  # --reader-arg wins over the flags
         if genes is not None:
             expression = fn.biodali.expression
             if not args.chain:
@@ -107,7 +134,7 @@ def main(argv=None) -> dict:
     return _common.emit(
         "biodali", args, cells, nnz, batches, timer,
         num_io_threads=args.num_io_threads, prefetch_windows=args.prefetch_windows,
-        dali_num_threads=os.cpu_count(), n_obs=n_rows, n_vars=n_cols,
+        reader_args=extra_reader_args, dali_num_threads=os.cpu_count(), n_obs=n_rows, n_vars=n_cols,
         epoch_size=meta.get("epoch_size"), data_dtype=str(data_dtype),
         indices_dtype=str(np.dtype(indices_dtype)),
         versions={"biodali": biodali.__version__, **_dali_version(), "numpy": np.__version__},
@@ -134,7 +161,8 @@ def _run_transforms(args, p, n_rows, n_cols, np) -> dict:
     return _common.emit(
         "biodali_chain" if args.chain else "biodali", args, cells, 0, batches, timer,
         num_io_threads=args.num_io_threads, prefetch_windows=args.prefetch_windows,
-        dali_num_threads=os.cpu_count(), n_obs=n_rows, n_vars=n_cols, output_shape=list(batch.shape),
+        reader_args=reader_kwargs(args), dali_num_threads=os.cpu_count(), n_obs=n_rows, n_vars=n_cols,
+        output_shape=list(batch.shape),
         versions={"biodali": biodali.__version__, **_dali_version(), "numpy": np.__version__})
 
 

@@ -61,14 +61,17 @@ def main(argv=None) -> dict:
                                  rng=np.random.default_rng(args.seed), preload_to_gpu=False, to=None)
         loader.use_collection(collection, load_adata=load)
 
+    dropper = train_common.make_dropper(args)
+
     def batches():
         while True:  # epochs
+            train_common.epoch_start(args, dropper)
             for batch in loader:
                 labels = torch.from_numpy(batch["obs"]["cell_type"].cat.codes.to_numpy().astype(np.int64))
                 yield torch.from_numpy(_common.scipy_transforms(batch["X"], genes)), labels
 
     return train_common.train(
-        "annbatch", args, batches(), len(genes),
+        "annbatch", args, batches(), len(genes), dropper=dropper,
         versions={p: version(p) for p in ("annbatch", "anndata", "zarr", "zarrs", "numpy", "scipy")})
 
 

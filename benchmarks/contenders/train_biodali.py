@@ -25,13 +25,16 @@ def main(argv=None) -> dict:
                                  transform="log1p", device="cpu", shuffle=True, seed=args.seed,
                                  chunk_size=args.chunk_size, preload_chunks=args.preload_chunks)
 
+    dropper = train_common.make_dropper(args)
+
     def batches():
         while True:  # epochs
+            train_common.epoch_start(args, dropper)
             for batch in loader:
                 yield batch["X"], batch["cell_type"].long()
 
     with loader:
-        return train_common.train("biodali", args, batches(), len(genes),
+        return train_common.train("biodali", args, batches(), len(genes), dropper=dropper,
                                   versions={p: version(p) for p in ("biodali", "nvidia-dali-cuda130", "numpy")})
 
 
