@@ -436,7 +436,7 @@ void ArrayImpl::DecodeFetchedRangeInPieces(int64_t chunk_index, const StoredChun
   const size_t byte_end = byte_begin + static_cast<size_t>(num_elements) * elem_nbytes;
   const std::string &path = chunk.range.file->path();
   if (read_chain_.is_plain()) {
-    if (mapped) chunk.range.file->CheckHolds(chunk.range.offset, chunk.range.nbytes);
+    if (mapped) chunk.range.file->BeforeReadingMapped(chunk.range.offset, chunk.range.nbytes);
     if (encoded.size() != chunk_nbytes) {
       FailAt(path, chunk.inner_chunk >= 0 ? StrCat("inner chunk ", chunk.inner_chunk) : "chunk file",
              " holds ", encoded.size(), " bytes, expected ", chunk_nbytes,
@@ -450,7 +450,7 @@ void ArrayImpl::DecodeFetchedRangeInPieces(int64_t chunk_index, const StoredChun
     return;
   }
   if (mapped) {
-    chunk.range.file->CheckHolds(chunk.range.offset, chunk.range.nbytes);
+    chunk.range.file->BeforeReadingMapped(chunk.range.offset, chunk.range.nbytes);
     if (byte_begin == 0 && byte_end == chunk_nbytes) io::PopulateRead(encoded);
   }
   DecodeEncodedInPieces(path, chunk.inner_chunk, encoded, byte_begin, byte_end, sink);

@@ -174,6 +174,11 @@ void LocalFile::CheckHolds(uint64_t offset, uint64_t nbytes) const {
   }
 }
 
+void LocalFile::BeforeReadingMapped(uint64_t offset, uint64_t nbytes) const {
+  CheckHolds(offset, nbytes);
+  if (whole_ != nullptr && offset + nbytes <= whole_->nbytes()) whole_->NoteTouched(offset, nbytes);
+}
+
 void LocalFile::MakeResident(const std::byte *mapped, uint64_t offset, uint64_t nbytes) const {
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   // Ask for every missing page at once: the kernel queues the reads (many in flight) and
@@ -223,7 +228,8 @@ ConstBytes LocalFile::Fetch(uint64_t offset, uint64_t nbytes, FetchMode mode, Fe
   const std::byte *data;
   if (whole_ != nullptr && offset + nbytes <= whole_->nbytes()) {
     data = whole_->data() + offset;
-    whole_->NoteTouched(offset, nbytes);
+    // Reading ahead maps no page (it asks the page cache); the decoder counts its own.
+    if (mode == FetchMode::kMapLazy) whole_->NoteTouched(offset, nbytes);
   } else {
     static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
     const uint64_t aligned = offset / page * page;

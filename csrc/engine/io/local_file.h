@@ -51,10 +51,11 @@ class LocalFile final : public StoredFile {
   // pread makes, which costs more than lz4-decoding the bytes on small VMs.
   ConstBytes Fetch(uint64_t offset, uint64_t nbytes, FetchMode mode, FetchHold *hold,
                    bool *mapped) const override;
-  void CheckHolds(uint64_t offset, uint64_t nbytes) const override;
+  void BeforeReadingMapped(uint64_t offset, uint64_t nbytes) const override;
 
  private:
   void Close();
+  void CheckHolds(uint64_t offset, uint64_t nbytes) const;
   // Brings [offset, offset + nbytes) into the page cache, waiting until every page is there.
   void MakeResident(const std::byte *mapped, uint64_t offset, uint64_t nbytes) const;
 

@@ -45,10 +45,11 @@ class StoredFile {
   virtual ConstBytes Fetch(uint64_t offset, uint64_t nbytes, FetchMode mode, FetchHold *hold,
                            bool *mapped) const = 0;
 
-  // Error naming the file unless it still holds [offset, offset + nbytes). Readers of mapped
-  // bytes fetched a while ago call it right before reading them: a mapped page past the end
-  // of a file truncated meanwhile would be a SIGBUS, not an error.
-  virtual void CheckHolds(uint64_t offset, uint64_t nbytes) const = 0;
+  // Readers of mapped bytes fetched a while ago call this right before reading them: an
+  // Error naming the file unless it still holds [offset, offset + nbytes) (a mapped page past
+  // the end of a file truncated meanwhile would be a SIGBUS, not an error), and the pages
+  // they are about to map count toward dropping mapped pages from the resident set.
+  virtual void BeforeReadingMapped(uint64_t offset, uint64_t nbytes) const = 0;
 };
 
 // Faults in the page-table entries of a mapped range in one call (MADV_POPULATE_READ): for
