@@ -458,8 +458,9 @@ def render_markdown(report: dict) -> str:
         lines += [f"## chunk_size={chunk}, preload_nchunks={preload} "
                   f"(window {chunk * preload:,} rows), {regime}", "",
                   "| contender | median cells/s | per run | median peak RSS | RSS before 1st batch "
-                  "| cores busy | of decode ceiling |" + (" X MB/s read | of probe's best |" if cold else ""),
-                  "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cold else "")]
+                  "| cores busy | of decode ceiling |"
+                  + (" X MB/s read | storage MB/s | of probe's best |" if cold else ""),
+                  "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if cold else "")]
         med = {}
         for name in report["args"]["contender_list"]:
             runs = cfg["runs"][name]
@@ -476,8 +477,12 @@ def render_markdown(report: dict) -> str:
             if cold:
                 mbps = cps * report["x_bytes_per_cell"] / 1e6 if (cps and report.get("x_bytes_per_cell")) else None
                 best = (probe or {}).get("best") or {}
-                of_best = mbps / best["mb_per_s"] if (mbps and best.get("mb_per_s")) else None
-                row += f" {'n/a' if mbps is None else f'{mbps:,.0f}'} | {_fmt_pct(of_best)} |"
+                storage = [r["storage_read_bytes"] / r["seconds"] / 1e6 for r in runs
+                           if "error" not in r and r.get("storage_read_bytes") is not None]
+                storage_mbps = statistics.median(storage) if storage else None
+                of_best = storage_mbps / best["mb_per_s"] if (storage_mbps and best.get("mb_per_s")) else None
+                row += (f" {'n/a' if mbps is None else f'{mbps:,.0f}'} | "
+                        f"{'n/a' if storage_mbps is None else f'{storage_mbps:,.0f}'} | {_fmt_pct(of_best)} |")
             lines.append(row)
         if med.get("annbatch") and med.get("biodali"):
             lines += ["", f"**biodali / annbatch: {med['biodali'] / med['annbatch']:.2f}x** (ratio of medians)"]
@@ -492,8 +497,10 @@ def render_markdown(report: dict) -> str:
               "(libraries, metadata); cores busy = process CPU time / wall time of the timed part; "
               "of decode ceiling = median cells/s / decode-ceiling cells/s."
               + (" X MB/s read = median cells/s x stored bytes of X (data + indices + indptr) per "
-                 "cell, the compressed bytes an epoch reads; of probe's best = that / the disk "
-                 "probe's best MB/s." if cold else ""), ""]
+                 "cell, the compressed bytes an epoch reads; storage MB/s = bytes the process had "
+                 "read from storage in the timed part (/proc/self/io read_bytes: read amplification "
+                 "of partly needed chunks and re-reads included) per second, median of the runs; "
+                 "of probe's best = that / the disk probe's best MB/s." if cold else ""), ""]
     lines += ["Produced by:", "", "```", report["command_line"], "```",
               "", f"Raw runs: `{report['json_file']}`", ""]
     return "\n".join(lines)

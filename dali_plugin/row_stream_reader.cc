@@ -216,7 +216,8 @@ of a block stay contiguous on disk, so larger blocks read faster and shuffle coa
     .AddOptionalArg("preload_chunks", R"(Blocks gathered into one window (annbatch's
 ``preload_nchunks``); rows are shuffled within a window. Window = chunk_size x preload_chunks rows,
 the unit of I/O and of memory.)", 32)
-    .AddOptionalArg("num_io_threads", "I/O and decode threads of this reader (0: one per core).", 0)
+    .AddOptionalArg("num_io_threads", R"(Decode threads of this reader (0: one per core). Reads
+run on ``io_depth`` threads of their own, which only wait for the storage.)", 0)
     .AddOptionalArg("io_depth", R"(Read requests in flight at once (each on an I/O thread of
 its own that only waits for the storage). The reader submits every byte range a window needs
 (neighbouring ranges joined into requests of up to 8 MiB) before the window ahead of it is

@@ -23,6 +23,17 @@ def files(tmp_path_factory):
     return paths
 
 
+def _drop_cache(path):
+    """Evicts a file's pages (written back first: dirty pages are not dropped), so the next
+    fetch of it needs real I/O."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def _expected(paths, ranges):
     blobs = [p.read_bytes() for p in paths]
     return [blobs[f][o:o + n] for f, o, n in ranges]
@@ -39,10 +50,13 @@ def _random_ranges(paths, n, rng, max_len=200_000):
     return ranges
 
 
+@pytest.mark.parametrize("cache", ["warm", "cold"])
 @pytest.mark.parametrize("mode", MODES)
-def test_random_ranges_delivered_exactly(files, mode):
+def test_random_ranges_delivered_exactly(files, mode, cache):
     rng = np.random.default_rng(1)
     ranges = _random_ranges(files, 300, rng)  # overlapping, adjacent, empty: all of them
+    for path in files:
+        path.read_bytes() if cache == "warm" else _drop_cache(path)
     got, stats = _testing.io_fetch(files, ranges, mode=mode, depth=8)
     assert got == _expected(files, ranges)
     assert stats["ranges"] == len(ranges)
@@ -87,6 +101,7 @@ def test_in_flight_bytes_stay_under_the_cap(files, mode):
     # one request being waited for are ever in flight.
     ranges = [(0, 65536 * i, 65536) for i in range(48)]
     cap = 256 << 10
+    _drop_cache(files[0])  # cached pages would need no I/O, and count nothing
     got, stats = _testing.io_fetch(files, ranges, mode=mode, coalesce_gap=0, max_request=65536,
                                    max_in_flight=cap, depth=16)
     assert got == _expected(files, ranges)
@@ -104,6 +119,7 @@ def test_waiting_past_the_cap_does_not_deadlock(files):
 
 def test_dropping_a_batch_cancels_what_has_not_started(files):
     ranges = [(0, 65536 * i, 65536) for i in range(48)]
+    _drop_cache(files[0])
     got, stats = _testing.io_fetch(files, ranges, coalesce_gap=0, max_request=65536,
                                    max_in_flight=65536, depth=1, num_waited=2)
     assert got == _expected(files, ranges[:2])
@@ -126,3 +142,25 @@ def test_read_error_names_the_file():
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(RuntimeError, match=r"nope\.bin: does not exist"):
         _testing.io_fetch([tmp_path / "nope.bin"], [(0, 0, 1)])
+
+
+def test_remote_paths_say_they_are_not_supported_yet():
+    with pytest.raises(RuntimeError, match=r"s3://bucket/a\.zarr/X/data/c/0: reading through s3:// is not supported yet"):
+        _testing.io_fetch(["s3://bucket/a.zarr/X/data/c/0"], [(0, 0, 1)])
+
+
+
+
+def test_cached_ranges_need_no_io_and_cold_ones_are_read(files):
+    ranges = [(0, 1 << 20, 256 << 10), (0, 2 << 20, 256 << 10)]
+    files[0].read_bytes()  # in the page cache now
+    got, warm = _testing.io_fetch(files, ranges, coalesce_gap=0)
+    assert got == _expected(files, ranges)
+    assert warm["ready_requests"] == 2
+    _drop_cache(files[0])
+    got, cold = _testing.io_fetch(files, ranges, coalesce_gap=0)
+    assert got == _expected(files, ranges)
+    assert cold["ready_requests"] == 0
+    # read mode always reads (into buffers of its own)
+    _, read = _testing.io_fetch(files, ranges, coalesce_gap=0, mode="read")
+    assert read["ready_requests"] == 0

@@ -68,17 +68,33 @@ def current_rss_bytes() -> int | None:
         return None
 
 
+def storage_read_bytes() -> int | None:
+    """Bytes this process (all its threads, readahead it started included) has had read from
+    storage so far (/proc/self/io read_bytes): what a cold run really reads, re-reads and
+    read amplification included, unlike cells/s x bytes per cell."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 class Timer:
-    """Wall and process CPU time (user + system, all threads) of the timed section."""
+    """Wall and process CPU time (user + system, all threads) and bytes read from storage of
+    the timed section."""
 
     def __enter__(self):
-        self._t0, self._c0 = time.perf_counter(), os.times()
+        self._t0, self._c0, self._r0 = time.perf_counter(), os.times(), storage_read_bytes()
         return self
 
     def __exit__(self, *exc):
-        t1, c1 = time.perf_counter(), os.times()
+        t1, c1, r1 = time.perf_counter(), os.times(), storage_read_bytes()
         self.seconds = t1 - self._t0
         self.cpu_seconds = (c1.user - self._c0.user) + (c1.system - self._c0.system)
+        self.storage_read_bytes = r1 - self._r0 if r1 is not None and self._r0 is not None else None
         return False
 
 
@@ -93,6 +109,7 @@ def emit(contender: str, args, cells: int, nnz: int, batches: int, timer: Timer,
         "nnz_per_cell": nnz / cells if cells else 0.0,
         "batches": batches,
         "cpu_seconds": timer.cpu_seconds,
+        "storage_read_bytes": getattr(timer, "storage_read_bytes", None),
         "chunk_size": args.chunk_size,
         "preload_nchunks": args.preload_nchunks,
         "batch_size": args.batch_size,

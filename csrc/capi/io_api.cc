@@ -35,7 +35,8 @@ int Guarded(char *err, size_t err_cap, const std::function<void()> &body) {
 // a scheduler with the given options (mode 0: map resident, 1: read, 2: map lazy). Waits for
 // the first `num_waited` ranges in order, copying each into dst (ranges back to back) and
 // marking it Done, then drops the batch (cancelling what was not started). stats_out: ranges,
-// requests, requested bytes, peak in-flight bytes, cancelled requests.
+// requests, requested bytes, peak in-flight bytes, cancelled requests, requests ready at
+// submission (no I/O).
 BIODALI_API int biodali_io_fetch(const char *const *paths, int num_paths, const int64_t *file_index,
                                  const uint64_t *offsets, const uint64_t *lengths, int64_t num_ranges,
                                  int depth, uint64_t max_in_flight_nbytes, uint64_t coalesce_gap_nbytes,
@@ -45,8 +46,8 @@ BIODALI_API int biodali_io_fetch(const char *const *paths, int num_paths, const 
     namespace io = biodali::io;
     std::vector<std::shared_ptr<const io::StoredFile>> files;
     for (int f = 0; f < num_paths; ++f) {
-      auto file = std::make_shared<io::LocalFile>();
-      if (!file->Open(paths[f], /*map_whole=*/true)) biodali::FailAt(paths[f], "does not exist");
+      auto file = io::OpenStoredFile(paths[f], /*many_reads=*/true);
+      if (!file) biodali::FailAt(paths[f], "does not exist");
       files.push_back(std::move(file));
     }
     std::vector<io::ByteRange> ranges(static_cast<size_t>(num_ranges));
@@ -80,5 +81,6 @@ BIODALI_API int biodali_io_fetch(const char *const *paths, int num_paths, const 
     stats_out[2] = static_cast<int64_t>(stats.requested_nbytes);
     stats_out[3] = static_cast<int64_t>(stats.peak_in_flight_nbytes);
     stats_out[4] = stats.cancelled_requests;
+    stats_out[5] = stats.ready_requests;
   });
 }

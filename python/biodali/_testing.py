@@ -236,7 +236,7 @@ def io_fetch(paths, ranges, *, depth: int = 16, max_in_flight: int = 256 << 20,
     lengths = np.array([r[2] for r in ranges], dtype=np.uint64)
     total = int(lengths[:num_waited].sum()) if n else 0
     dst = np.empty(max(total, 1), dtype=np.uint8)
-    stats = np.zeros(5, dtype=np.int64)
+    stats = np.zeros(6, dtype=np.int64)
     _call(fn, c_paths, len(paths), file_index.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
           offsets.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)),
           lengths.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)), n, depth, max_in_flight,
@@ -246,5 +246,6 @@ def io_fetch(paths, ranges, *, depth: int = 16, max_in_flight: int = 256 << 20,
     for length in lengths[:num_waited]:
         out.append(dst[at:at + int(length)].tobytes())
         at += int(length)
-    keys = ("ranges", "requests", "requested_nbytes", "peak_in_flight_nbytes", "cancelled_requests")
+    keys = ("ranges", "requests", "requested_nbytes", "peak_in_flight_nbytes", "cancelled_requests",
+            "ready_requests")
     return out, dict(zip(keys, (int(v) for v in stats)))

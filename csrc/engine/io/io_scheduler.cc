@@ -94,8 +94,18 @@ std::unique_ptr<FetchBatch> IoScheduler::Submit(const std::vector<ByteRange> &ra
     request.nbytes = d.end - d.begin;
     request_of_draft[draft_order[q]] = static_cast<uint32_t>(q);
   }
+  // Requests whose bytes are there already (cached pages) are done now, on this thread: a
+  // warm page cache costs one residency check per request, no hand-off to an I/O thread.
   uint64_t requested = 0;
-  for (const auto &request : batch->requests_) requested += request.nbytes;
+  int64_t ready = 0;
+  for (auto &request : batch->requests_) {
+    requested += request.nbytes;
+    if (request.file->FetchIfReady(request.offset, request.nbytes, options_.mode, &request.bytes,
+                                   &request.mapped)) {
+      request.state = FetchBatch::Request::kDone;
+      ++ready;
+    }
+  }
   for (uint32_t i : order) {
     const uint32_t q = request_of_draft[draft_of[i]];
     batch->range_request_[i] = q;
@@ -107,7 +117,9 @@ std::unique_ptr<FetchBatch> IoScheduler::Submit(const std::vector<ByteRange> &ra
     stats_.ranges += static_cast<int64_t>(n);
     stats_.requests += static_cast<int64_t>(batch->requests_.size());
     stats_.requested_nbytes += requested;
-    if (!batch->requests_.empty()) batches_.push_back(batch.get());
+    stats_.ready_requests += ready;
+    if (static_cast<size_t>(ready) == batch->requests_.size()) return batch;
+    batches_.push_back(batch.get());
   }
   work_ready_.notify_all();
   return batch;
@@ -145,7 +157,7 @@ bool IoScheduler::NextRequest(FetchBatch **out_batch, size_t *out_request) {
 
 void IoScheduler::Release(FetchBatch::Request &request) {
   request.state = FetchBatch::Request::kReleased;
-  in_flight_nbytes_ -= request.nbytes;
+  in_flight_nbytes_ -= request.counted_nbytes;
   request.bytes = {};
 }
 
@@ -159,6 +171,7 @@ void IoScheduler::WorkerLoop() {
     FetchBatch::Request &request = batch->requests_[q];
     request.state = FetchBatch::Request::kRunning;
     ++batch->running_;
+    request.counted_nbytes = request.nbytes;
     in_flight_nbytes_ += request.nbytes;
     stats_.peak_in_flight_nbytes = std::max(stats_.peak_in_flight_nbytes, in_flight_nbytes_);
     lock.unlock();
@@ -183,8 +196,9 @@ void IoScheduler::WorkerLoop() {
       released = std::move(request.hold);
       Release(request);
     }
+    // Waiters may go on; this worker looks for the next request itself. Other workers are
+    // woken only when bytes leave the in-flight count (Release) and requests wait for that.
     progress_.notify_all();
-    work_ready_.notify_all();
     lock.unlock();
     released.owner.reset();
     lock.lock();
@@ -200,7 +214,7 @@ ConstBytes FetchBatch::Wait(size_t i, bool *mapped) {
   Request &request = requests_[q];
   if (request.state == Request::kQueued && !request.urgent) {
     request.urgent = true;
-    scheduler_->work_ready_.notify_all();
+    scheduler_->work_ready_.notify_one();
   }
   scheduler_->progress_.wait(lock, [&] { return request.state >= Request::kDone; });
   if (request.error) std::rethrow_exception(request.error);
@@ -221,7 +235,9 @@ void FetchBatch::Done(size_t i) {
     if (--request.pending_ranges == 0 && request.state == Request::kDone) {
       released = std::move(request.hold);
       scheduler_->Release(request);
-      scheduler_->work_ready_.notify_all();
+      // Waking the I/O threads costs a context switch each: only when requests are queued
+      // (with a warm page cache none are) and the bytes released may let one start.
+      if (request.counted_nbytes > 0 && !scheduler_->batches_.empty()) scheduler_->work_ready_.notify_all();
     }
   }
 }

@@ -50,6 +50,7 @@ struct IoStats {
   uint64_t requested_nbytes = 0;  // sum of the requests' lengths
   uint64_t peak_in_flight_nbytes = 0;
   int64_t cancelled_requests = 0;
+  int64_t ready_requests = 0;  // handed out at submission, no I/O needed (cached pages)
 };
 
 class IoScheduler;
@@ -74,6 +75,7 @@ class FetchBatch {
   struct Request {
     std::shared_ptr<const StoredFile> file;
     uint64_t offset = 0, nbytes = 0;
+    uint64_t counted_nbytes = 0;  // in the in-flight count (0 when ready without I/O)
     int pending_ranges = 0;  // ranges not Done yet
     enum State { kQueued, kRunning, kDone, kReleased } state = kQueued;
     bool urgent = false;

@@ -80,6 +80,16 @@ MappedPages &Registry() {
 
 }  // namespace
 
+std::shared_ptr<const StoredFile> OpenStoredFile(const std::string &path, bool many_reads) {
+  const size_t scheme = path.find("://");
+  if (scheme != std::string::npos && scheme > 0 &&
+      path.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789+-.") >= scheme)
+    FailAt(path, "reading through ", path.substr(0, scheme), ":// is not supported yet; use a local path");
+  auto file = std::make_shared<LocalFile>();
+  if (!file->Open(path, many_reads)) return nullptr;
+  return file;
+}
+
 void PopulateRead(ConstBytes bytes) {
 #ifdef MADV_POPULATE_READ
   if (bytes.empty()) return;
@@ -179,6 +189,29 @@ void LocalFile::BeforeReadingMapped(uint64_t offset, uint64_t nbytes) const {
   if (whole_ != nullptr && offset + nbytes <= whole_->nbytes()) whole_->NoteTouched(offset, nbytes);
 }
 
+bool LocalFile::FetchIfReady(uint64_t offset, uint64_t nbytes, FetchMode mode, ConstBytes *bytes,
+                             bool *mapped) const {
+  if (mode == FetchMode::kRead || whole_ == nullptr || nbytes == 0 || offset + nbytes > whole_->nbytes())
+    return false;
+  const std::byte *data = whole_->data() + offset;
+  if (mode == FetchMode::kMapResident) {
+    // One mincore: all pages cached (a warm page cache) -> no I/O to wait for. Pages past the
+    // end of a file truncated meanwhile are not cached: such ranges take the I/O path, which
+    // reports the truncation.
+    static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page * page;
+    const size_t num_pages = (reinterpret_cast<uintptr_t>(data) + nbytes - begin + page - 1) / page;
+    thread_local std::vector<unsigned char> resident;
+    resident.resize(num_pages);
+    if (::mincore(reinterpret_cast<void *>(begin), num_pages * page, resident.data()) != 0) return false;
+    for (unsigned char r : resident)
+      if (!(r & 1)) return false;
+  }
+  *bytes = ConstBytes(data, static_cast<size_t>(nbytes));
+  *mapped = true;
+  return true;
+}
+
 void LocalFile::MakeResident(const std::byte *mapped, uint64_t offset, uint64_t nbytes) const {
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   // Ask for every missing page at once: the kernel queues the reads (many in flight) and
@@ -264,9 +297,9 @@ std::shared_ptr<const StoredFile> FileCache::Get(int64_t key, const std::string 
   }
   // Open outside the lock so a slow open does not stall readers of other shards. Two threads
   // racing on one shard may both open it; the later one returns the cached file and closes its own.
-  auto file = std::make_shared<LocalFile>();
   // Missing shards are not cached here: the caller's shard-index cache remembers them.
-  if (!file->Open(path, /*map_whole=*/true)) return nullptr;
+  auto file = OpenStoredFile(path, /*many_reads=*/true);
+  if (!file) return nullptr;
   std::lock_guard<std::mutex> lock(mutex_);
   for (const auto &entry : entries_) {
     if (entry.first == key) return entry.second;

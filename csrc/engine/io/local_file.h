@@ -52,6 +52,8 @@ class LocalFile final : public StoredFile {
   ConstBytes Fetch(uint64_t offset, uint64_t nbytes, FetchMode mode, FetchHold *hold,
                    bool *mapped) const override;
   void BeforeReadingMapped(uint64_t offset, uint64_t nbytes) const override;
+  bool FetchIfReady(uint64_t offset, uint64_t nbytes, FetchMode mode, ConstBytes *bytes,
+                    bool *mapped) const override;
 
  private:
   void Close();

@@ -45,12 +45,30 @@ class StoredFile {
   virtual ConstBytes Fetch(uint64_t offset, uint64_t nbytes, FetchMode mode, FetchHold *hold,
                            bool *mapped) const = 0;
 
+  // Fetch without waiting for storage, when that can be done: true and *bytes set when the
+  // range can be handed out as it is (local files: a view of pages already in the page cache,
+  // or any range in kMapLazy mode); false when it needs I/O. Called on the submitting thread,
+  // so that ranges already cached cost no hand-off to an I/O thread.
+  virtual bool FetchIfReady(uint64_t offset, uint64_t nbytes, FetchMode mode, ConstBytes *bytes,
+                            bool *mapped) const {
+    (void)offset, (void)nbytes, (void)mode, (void)bytes, (void)mapped;
+    return false;
+  }
+
   // Readers of mapped bytes fetched a while ago call this right before reading them: an
   // Error naming the file unless it still holds [offset, offset + nbytes) (a mapped page past
   // the end of a file truncated meanwhile would be a SIGBUS, not an error), and the pages
   // they are about to map count toward dropping mapped pages from the resident set.
   virtual void BeforeReadingMapped(uint64_t offset, uint64_t nbytes) const = 0;
 };
+
+// Opens `path` for reading: nullptr when it does not exist (a missing chunk or shard reads as
+// the fill value); Error naming it when it cannot be read. Where another store plugs in (with
+// zarr::Array's unsharded chunk files, opened as local files on the stack to spare an
+// allocation per chunk): paths with a scheme (s3://, https://) get an Error saying they are
+// not supported yet.
+// `many_reads`: the file will be read many times (a shard): a local one is mapped whole.
+std::shared_ptr<const StoredFile> OpenStoredFile(const std::string &path, bool many_reads);
 
 // Faults in the page-table entries of a mapped range in one call (MADV_POPULATE_READ): for
 // bytes a decoder will read in full. A hint: failure only means pages fault in one by one.

@@ -45,7 +45,8 @@ class ExpressionLoader:
     world_size: from torch.distributed when it is initialized, else 0 / 1. num_threads: DALI's
     CPU threads and the reader's I/O threads, default the cores of this process divided by
     LOCAL_WORLD_SIZE. prefetch: batches the pipeline computes ahead (DALI's
-    prefetch_queue_depth). Use it from the process that created it (it runs its own threads; a
+    prefetch_queue_depth). io_depth: read requests the reader keeps in flight (its I/O threads,
+    see the reader's ``io_depth``). Use it from the process that created it (it runs its own threads; a
     forked DataLoader worker gets an error), and close() it or use it as a context manager.
     """
 
@@ -54,7 +55,7 @@ class ExpressionLoader:
                  seed: int = 0, chunk_size: int = 512, preload_chunks: int = 32, drop_last: bool = False,
                  num_threads: int | None = None, prefetch: int = 1, return_row_index: bool = False,
                  rank: int | None = None, world_size: int | None = None, target_sum: float = 1e4,
-                 dtype: str = "float32", array: str = "X"):
+                 dtype: str = "float32", array: str = "X", io_depth: int = 16):
         import biodali  # noqa: F401  (loads the plugin before any pipeline is defined)
         from biodali.expression import gene_columns, n_features
 
@@ -79,6 +80,9 @@ class ExpressionLoader:
         self.array = array
         self._num_threads = int(num_threads) if num_threads else _threads_per_rank()
         self._prefetch = int(prefetch)
+        self._io_depth = int(io_depth)
+        if self._io_depth < 1:
+            raise ValueError(f"io_depth must be >= 1, got {io_depth}")
         columns = gene_columns(genes, self.paths, array) if genes is not None else None
         self._plan = tf.resolve(transform, output, dtype, columns, n_features(self.paths, array),
                                 float(target_sum), self.paths, array)
@@ -280,8 +284,8 @@ class ExpressionLoader:
                 path=self.paths, array=self.array, obs_columns=obs,
                 return_row_index=self.return_row_index, random_shuffle=self.shuffle, seed=self.seed,
                 chunk_size=self.chunk_size, preload_chunks=self.preload_chunks,
-                num_io_threads=self._num_threads, shard_id=self.rank, num_shards=self.world_size,
-                pad_last_batch=True, name=_READER)
+                num_io_threads=self._num_threads, io_depth=self._io_depth, shard_id=self.rank,
+                num_shards=self.world_size, pad_last_batch=True, name=_READER)
             values, indices = outs[0], outs[1]
             named = tf.graph_outputs(plan, values, indices, on_gpu)
             extra = dict(zip(obs, outs[2:2 + len(obs)]))
