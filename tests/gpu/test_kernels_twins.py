@@ -81,7 +81,8 @@ def test_half_densify_rounds_once(kernels, dense):
     out = kernels.cpu_densify(csr, n, dtype=dense)
     ref = dense_ref(csr, n)
     if dense == "float16":
-        np.testing.assert_array_equal(out, ref.astype(np.float16))
+        with np.errstate(over="ignore"):  # values above 65504 become inf on both sides
+            np.testing.assert_array_equal(out, ref.astype(np.float16))
     else:  # bfloat16 bits: round to nearest even of the float32 value
         bits = ref.view(np.uint32).astype(np.uint64)
         expect = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
