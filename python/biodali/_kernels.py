@@ -540,6 +540,7 @@ class Launch:
     synchronizes and returns (*outputs, error_flags)."""
 
     def __init__(self, kernels: Kernels, name: str, args: list, fetch, keep: list, error_flags: DeviceBuffer | None):
+        # `keep` holds every buffer the raw pointers in `args` point into (the DeviceCsr too).
         self.kernels, self.name, self.args, self._fetch, self._keep = kernels, name, args, fetch, keep
         self.error_flags = error_flags
 
@@ -571,7 +572,7 @@ def prepare_normalize(k: Kernels, d: DeviceCsr, target_sum: float = 1e4, log1p: 
     out, out_ptrs = d.output_like(4)
     flags = DeviceBuffer(4, zero=True)
     args = _rows_args(d, False) + [ctypes.c_double(target_sum), ctypes.c_int(int(log1p)), _vp(out_ptrs), _vp(flags)]
-    return Launch(k, "biodali_kgpu_normalize", args, lambda: out.fetch(np.float32, (d.nnz,)), [out, out_ptrs], flags)
+    return Launch(k, "biodali_kgpu_normalize", args, lambda: out.fetch(np.float32, (d.nnz,)), [d, out, out_ptrs], flags)
 
 
 def prepare_select_genes(k: Kernels, d: DeviceCsr, csr: Csr, genes) -> Launch:
@@ -586,7 +587,7 @@ def prepare_select_genes(k: Kernels, d: DeviceCsr, csr: Csr, genes) -> Launch:
     dtype = csr.values.dtype
     return Launch(k, "biodali_kgpu_gather_selected", args,
                   lambda: (out_v.fetch(dtype, (n,)), out_i.fetch(np.int32, (n,))),
-                  [src, pos, offs, out_v, out_i, v_ptrs, i_ptrs], None)
+                  [d, src, pos, offs, out_v, out_i, v_ptrs, i_ptrs], None)
 
 
 def prepare_densify(k: Kernels, d: DeviceCsr, n_features: int, genes=None, dtype: str = "float32",
@@ -602,7 +603,7 @@ def prepare_densify(k: Kernels, d: DeviceCsr, n_features: int, genes=None, dtype
                                   dtype.encode(), ctypes.c_int(int(normalize)), ctypes.c_double(target_sum),
                                   ctypes.c_int(int(log1p)), _vp(out_ptrs), _vp(flags)]
     return Launch(k, "biodali_kgpu_densify", args, lambda: out.fetch(np_type, (d.num_rows, length)),
-                  [table_dev, out, out_ptrs], flags)
+                  [d, table_dev, out, out_ptrs], flags)
 
 
 def prepare_downsample(k: Kernels, d: DeviceCsr, fraction=-1.0, target_total=-1.0, seed: int = 0,
@@ -614,7 +615,7 @@ def prepare_downsample(k: Kernels, d: DeviceCsr, fraction=-1.0, target_total=-1.
     args = _rows_args(d, False) + [_vp(f), _vp(t), ctypes.c_int64(seed), ctypes.c_uint64(batch_counter),
                                    ctypes.c_uint32(random_stream), _vp(out_ptrs), _vp(flags)]
     dtype = d.host.values.dtype
-    return Launch(k, "biodali_kgpu_downsample", args, lambda: out.fetch(dtype, (d.nnz,)), [f, t, out, out_ptrs],
+    return Launch(k, "biodali_kgpu_downsample", args, lambda: out.fetch(dtype, (d.nnz,)), [d, f, t, out, out_ptrs],
                   flags)
 
 
@@ -627,7 +628,7 @@ def prepare_mask(k: Kernels, d: DeviceCsr, probability=0.15, seed: int = 0, batc
     args = head + [_vp(p), ctypes.c_int64(seed), ctypes.c_uint64(batch_counter), ctypes.c_uint32(random_stream),
                    _vp(out_ptrs)]
     dtype = d.host.values.dtype
-    return Launch(k, "biodali_kgpu_mask", args, lambda: out.fetch(dtype, (d.nnz,)), [p, out, out_ptrs], None)
+    return Launch(k, "biodali_kgpu_mask", args, lambda: out.fetch(dtype, (d.nnz,)), [d, p, out, out_ptrs], None)
 
 
 def prepare_rank_tokens(k: Kernels, d: DeviceCsr, medians, max_length: int = 2048, pad_id: int = 0,
@@ -642,14 +643,14 @@ def prepare_rank_tokens(k: Kernels, d: DeviceCsr, medians, max_length: int = 204
                                   _vp(length_ptrs), _vp(flags)]
     return Launch(k, "biodali_kgpu_rank_tokens", args,
                   lambda: (tokens.fetch(np.int32, (d.num_rows, max_length)), lengths.fetch(np.int32, (d.num_rows,))),
-                  [m_dev, tokens, token_ptrs, lengths, length_ptrs], flags)
+                  [d, m_dev, tokens, token_ptrs, lengths, length_ptrs], flags)
 
 
 def prepare_bin_values(k: Kernels, d: DeviceCsr, n_bins: int = 51) -> Launch:
     out, out_ptrs = d.output_like(4)
     flags = DeviceBuffer(4, zero=True)
     args = _rows_args(d, False) + [ctypes.c_int(n_bins), _vp(out_ptrs), _vp(flags)]
-    return Launch(k, "biodali_kgpu_bin_values", args, lambda: out.fetch(np.int32, (d.nnz,)), [out, out_ptrs], flags)
+    return Launch(k, "biodali_kgpu_bin_values", args, lambda: out.fetch(np.int32, (d.nnz,)), [d, out, out_ptrs], flags)
 
 
 # ------------------------------------------------------------------------------------------------
