@@ -4,7 +4,7 @@ PY := .venv/bin/python
 APT_PACKAGES := libblosc-dev liblz4-dev libzstd-dev zlib1g-dev nlohmann-json3-dev
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps venv build demo test sanitize clean
+.PHONY: all deps venv build demo test sanitize clean gpu-check
 
 all: build
 
@@ -48,3 +48,10 @@ sanitize: venv
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(PY) -m pytest tests -q -x -p no:warnings; status=$$?; \
 	$(PY) setup.py -q build_plugin -j $(JOBS); exit $$status
+
+# The GPU check in one call on a GPU machine (no network, no DALI needed; see benchmarks/README.md
+# "GPU check"): kernel build for the GPU found, every CUDA kernel against its CPU twin, timings,
+# and with staged DALI wheels the DALI GPU tests and pipelines. Logs and gpu_check.json go to $OUT.
+# Without a GPU it builds the kernels (sm_90), runs the CPU side and exits 0.
+gpu-check:
+	PYTHON=$${PYTHON:-$$( [ -x $(PY) ] && echo $(PY) || echo python3 )} benchmarks/gpu_check.sh

@@ -1,20 +1,29 @@
-"""Test-suite configuration: the `gpu` marker. Tests marked `gpu` are skipped unless DALI sees a
-CUDA device (on a CPU-only machine they still import and collect)."""
+"""Test-suite configuration: the `gpu` marker. Tests marked `gpu` are skipped unless a CUDA
+device is visible: to DALI, or to torch where DALI is not installed (the DALI-free kernel tests of
+tests/gpu/ on a GPU machine without DALI). On a CPU-only machine they still import and collect."""
 import pytest
 
 
 def cuda_device_count() -> int:
-    """CUDA devices visible to DALI; 0 without a GPU or driver (never raises)."""
+    """CUDA devices visible to DALI (to torch without DALI); 0 without a GPU or driver (never
+    raises)."""
     try:
         from nvidia.dali import backend
+    except ImportError:
+        try:
+            import torch
 
+            return int(torch.cuda.device_count())
+        except Exception:
+            return 0
+    try:
         return int(backend.GetCUDADeviceCount())
     except Exception:  # no driver, no libcuda: DALI reports it as an error on some versions
         return 0
 
 
 HAS_GPU = cuda_device_count() > 0
-SKIP_WITHOUT_GPU = pytest.mark.skip(reason="needs a CUDA device visible to DALI")
+SKIP_WITHOUT_GPU = pytest.mark.skip(reason="needs a CUDA device")
 
 
 def pytest_configure(config):
@@ -25,7 +34,8 @@ def pytest_collection_modifyitems(config, items):
     if HAS_GPU:
         return
     for item in items:
-        if "gpu" in item.keywords:
+        # The marker, not item.keywords: keywords also hold directory names (tests/gpu/).
+        if item.get_closest_marker("gpu") is not None:
             item.add_marker(SKIP_WITHOUT_GPU)
 
 
