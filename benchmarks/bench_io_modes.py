@@ -11,6 +11,10 @@ to each of the layer's ways of fetching local shard files (csrc/engine/io/stored
 - ``lazy``: views of the mapping handed out at once; decoders fault the pages in themselves
   (what the reader did before the I/O layer: one or two synchronous faults in flight).
 
+With ``--baseline-pythonpath DIR`` (the ``python/`` folder of a checkout of an earlier commit,
+its plugin built there), a mode ``base`` runs that build instead: e.g. the reader before the
+I/O layer, to show warm reading did not slow down.
+
 For each run, config and mode, cold (the collection's pages dropped with
 ``posix_fadvise(DONTNEED)`` right before the process) and warm (the collection read once right
 before), modes interleaved; median of ``--runs``. Writes ``results/io-modes-<stamp>.json`` and
@@ -45,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--cells", type=int, default=300_000)
     p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--baseline-pythonpath", default=None,
+                   help="python/ folder of an earlier checkout with its plugin built: mode 'base'")
     p.add_argument("--out", default=str(HERE / "results"))
     return p.parse_args(argv)
 
@@ -62,6 +68,11 @@ def run_one(args, mode: str, state: str, chunk: int, preload: int, seed: int) ->
            "--chunk-size", str(chunk), "--preload-nchunks", str(preload), "--batch-size",
            str(args.batch_size), "--cells", str(args.cells), "--warmup-batches", "4", "--seed", str(seed)]
     env = dict(os.environ, BIODALI_IO_MODE=mode)
+    if mode == "base":
+        if not args.baseline_pythonpath:
+            raise SystemExit("mode 'base' needs --baseline-pythonpath")
+        env.pop("BIODALI_IO_MODE")
+        env["PYTHONPATH"] = args.baseline_pythonpath
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise SystemExit(f"{mode} {state} {chunk}x{preload} failed:\n{out.stderr[-3000:]}")
@@ -100,7 +111,16 @@ def main(argv=None) -> int:
             lines.append(f"| {chunk} x {preload} | {state} | " + " | ".join(f"{c:,.0f}" for c in cells)
                          + " | " + " / ".join(f"{v:.2f}" for v in rss) + " GiB |")
     md = "\n".join(lines) + "\n"
-    (out / f"io-modes-{stamp}.json").write_text(json.dumps({"runs": runs, "argv": sys.argv}, indent=1))
+    base_commit = None
+    if args.baseline_pythonpath:
+        base_commit = subprocess.run(["git", "-C", args.baseline_pythonpath, "rev-parse", "HEAD"],
+                                     capture_output=True, text=True).stdout.strip() or None
+        md += f"\nbase: the reader at commit {base_commit} (`{args.baseline_pythonpath}`).\n"
+    commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    md += f"Other modes: commit {commit}. Machine: {os.cpu_count()} cores.\n"
+    (out / f"io-modes-{stamp}.json").write_text(json.dumps(
+        {"runs": runs, "argv": sys.argv, "commit": commit, "base_commit": base_commit}, indent=1))
     (out / "io-modes-latest.md").write_text(md)
     print(md)
     return 0
