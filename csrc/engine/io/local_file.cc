@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -212,14 +213,44 @@ bool LocalFile::FetchIfReady(uint64_t offset, uint64_t nbytes, FetchMode mode, C
   return true;
 }
 
+namespace {
+// How MakeResident asks the kernel for the pages (BIODALI_RESIDENT_BY, for benchmarks):
+// fadvise (WILLNEED: reads queued, nothing copied), pread (read into a scratch buffer: the
+// kernel's own readahead, large folios, one copy) or populate (MADV_POPULATE_READ on the
+// mapping: faults with read-around).
+enum class ResidentBy { kFadvise, kPread, kPopulate };
+ResidentBy ResidentMethod() {
+  static const ResidentBy method = [] {
+    const char *v = std::getenv("BIODALI_RESIDENT_BY");
+    if (v != nullptr && std::strcmp(v, "pread") == 0) return ResidentBy::kPread;
+    if (v != nullptr && std::strcmp(v, "populate") == 0) return ResidentBy::kPopulate;
+    return ResidentBy::kFadvise;
+  }();
+  return method;
+}
+}  // namespace
+
 void LocalFile::MakeResident(const std::byte *mapped, uint64_t offset, uint64_t nbytes) const {
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  // Ask for every missing page at once: the kernel queues the reads (many in flight) and
-  // returns. In pieces, because one call reads at most the device's readahead size.
-  for (uint64_t at = offset; at < offset + nbytes; at += kAdvisePieceNbytes) {
-    ::posix_fadvise(fd_, static_cast<off_t>(at),
-                    static_cast<off_t>(std::min(kAdvisePieceNbytes, offset + nbytes - at)),
-                    POSIX_FADV_WILLNEED);
+  switch (ResidentMethod()) {
+    case ResidentBy::kPread: {
+      thread_local std::unique_ptr<std::byte[]> scratch(new std::byte[kAdvisePieceNbytes]);
+      for (uint64_t at = offset; at < offset + nbytes; at += kAdvisePieceNbytes)
+        ReadAt(at, Bytes(scratch.get(), std::min(kAdvisePieceNbytes, offset + nbytes - at)));
+      return;
+    }
+    case ResidentBy::kPopulate:
+      PopulateRead(ConstBytes(mapped, nbytes));
+      break;
+    case ResidentBy::kFadvise:
+      // Ask for every missing page at once: the kernel queues the reads (many in flight) and
+      // returns. In pieces, because one call reads at most the device's readahead size.
+      for (uint64_t at = offset; at < offset + nbytes; at += kAdvisePieceNbytes) {
+        ::posix_fadvise(fd_, static_cast<off_t>(at),
+                        static_cast<off_t>(std::min(kAdvisePieceNbytes, offset + nbytes - at)),
+                        POSIX_FADV_WILLNEED);
+      }
+      break;
   }
   // Then wait: mincore tells which pages are not read yet (cached pages cost only this
   // check), and a 1-byte pread of such a page blocks until its read completes (or reads it,
