@@ -115,3 +115,35 @@ def test_bad_io_arguments_are_named(collection, arg, value, message):
 def test_bad_io_mode_environment_is_named(collection):
     with pytest.raises(Exception, match="BIODALI_IO_MODE is 'fast'; expected map, read or lazy"):
         _stream("fast", path=collection, num_batches=1)
+
+
+def _drop_page_cache(root):
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+@pytest.mark.parametrize("chunk_size", [8, 24])
+def test_cold_partial_chunk_reads_equal_anndata(collection, chunk_size):
+    """Blocks smaller than an inner chunk decode part of it; from a cold page cache the I/O
+    layer then reads only the blosc frame's header, block table and the blocks needed. Every
+    row must still be anndata's, in every I/O mode."""
+    oracle = sp.vstack([sp.csr_matrix(ad.read_zarr(f"{collection}/dataset_{k}").X)
+                        for k in range(2)]).tocsr()
+    common = dict(path=collection, random_shuffle=True, seed=11, chunk_size=chunk_size,
+                  preload_chunks=16, return_row_index=True, batch_size=128, num_batches=8)
+    streams = []
+    for mode in ("map", "read"):
+        _drop_page_cache(collection)
+        streams.append(_stream(mode, **common))
+    _assert_same(*streams)
+    for batch in streams[0]:
+        for values, indices, row in zip(*batch):
+            r = int(row)
+            np.testing.assert_array_equal(values, oracle.data[oracle.indptr[r]:oracle.indptr[r + 1]])
+            np.testing.assert_array_equal(indices, oracle.indices[oracle.indptr[r]:oracle.indptr[r + 1]])

@@ -198,6 +198,7 @@ struct AnnDataSource::Prepared final : PreparedLoad {
   std::vector<ChunkTask> tasks;             // CSR: one per (array, chunk)
   std::vector<zarr::StoredChunk> chunks;    // CSR: per task; range.nbytes == 0 when missing
   std::vector<bool> found;                  // CSR: per task
+  std::vector<bool> partial;                // CSR: per task, decode only the spans it needs
   std::vector<DensePiece> dense_pieces;
   std::unique_ptr<io::FetchBatch> reads;
 };
@@ -265,11 +266,31 @@ void AnnDataSource::PrepareCsr(io::IoScheduler &io, Prepared &prepared) const {
   // them go to the I/O layer at once.
   prepared.chunks.resize(tasks.size());
   prepared.found.resize(tasks.size());
+  prepared.partial.resize(tasks.size());
   std::vector<io::ByteRange> ranges(tasks.size());
   for (size_t t = 0; t < tasks.size(); ++t) {
-    const int64_t coords[1] = {tasks[t].chunk};
-    prepared.found[t] = tasks[t].array->LocateReadChunk(coords, &prepared.chunks[t]);
-    if (prepared.found[t]) ranges[t] = prepared.chunks[t].range;
+    const ChunkTask &task = tasks[t];
+    const zarr::Array *array = task.array;
+    const int64_t coords[1] = {task.chunk};
+    prepared.found[t] = array->LocateReadChunk(coords, &prepared.chunks[t]);
+    // Blosc decompresses block by block: decode only the blocks the spans need (small blocks
+    // of rows often need half a chunk or less).
+    int64_t needed = 0;
+    for (const Piece &piece : task.pieces) needed += piece.num_elements;
+    prepared.partial[t] = array->SupportsPartialDecode() &&
+                          needed * 4 < array->metadata().read_chunk_shape[0] * 3;
+    if (!prepared.found[t]) continue;
+    ranges[t] = prepared.chunks[t].range;
+    if (prepared.partial[t] && array->SupportsSelectiveRead()) {
+      // ...and read only those blocks: the I/O layer reads the frame's header and block table
+      // first, which say where they are.
+      const int64_t lo = task.pieces.front().chunk_offset;
+      const int64_t hi = task.pieces.back().chunk_offset + task.pieces.back().num_elements;
+      ranges[t].part = [array, lo, hi](codecs::ConstBytes head, uint64_t *begin, uint64_t *end) {
+        return array->SelectiveSpan(head, lo, hi, begin, end);
+      };
+      ranges[t].head_nbytes = zarr::Array::kSelectiveHeadNbytes;
+    }
   }
   prepared.reads = io.Submit(ranges);
 }
@@ -317,11 +338,6 @@ void AnnDataSource::LoadCsr(Window &window, Prepared &prepared, ThreadPool &pool
         StreamElements(src, meta.dtype, dst, field.dtype, hi - lo);
       }
     };
-    int64_t needed = 0;
-    for (const Piece &piece : task.pieces) needed += piece.num_elements;
-    // Blosc decompresses block by block: decode only the blocks the spans need (small blocks
-    // of rows often need half a chunk or less).
-    const bool partial = task.array->SupportsPartialDecode() && needed * 4 < chunk_elements * 3;
     auto decode = [&](int64_t begin, int64_t end) {
       if (!prepared.found[t]) {  // a missing chunk: the fill value
         task.array->DecodeReadChunkRangeInPieces(task.chunk, begin, end - begin, scatter);
@@ -332,7 +348,7 @@ void AnnDataSource::LoadCsr(Window &window, Prepared &prepared, ThreadPool &pool
       task.array->DecodeFetchedRangeInPieces(task.chunk, prepared.chunks[t], encoded, mapped, begin,
                                              end - begin, scatter);
     };
-    if (partial) {
+    if (prepared.partial[t]) {
       ForEachSpan(task.pieces, decode);
     } else {
       decode(0, chunk_elements);

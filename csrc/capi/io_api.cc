@@ -3,33 +3,18 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "capi/guarded.h"
 #include "common/error.h"
 #include "engine/io/io_scheduler.h"
 #include "engine/io/local_file.h"
 
 #define BIODALI_API extern "C" __attribute__((visibility("default")))
 
-namespace {
-
-int Guarded(char *err, size_t err_cap, const std::function<void()> &body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception &e) {
-    if (err != nullptr && err_cap > 0) {
-      std::strncpy(err, e.what(), err_cap - 1);
-      err[err_cap - 1] = '\0';
-    }
-  }
-  return 1;
-}
-
-}  // namespace
+using biodali::capi::Guarded;
 
 // Fetches ranges (file_index[i] into paths, offsets[i], lengths[i]) through one FetchBatch of
 // a scheduler with the given options (mode 0: map resident, 1: read, 2: map lazy). Waits for
@@ -53,7 +38,9 @@ BIODALI_API int biodali_io_fetch(const char *const *paths, int num_paths, const 
     std::vector<io::ByteRange> ranges(static_cast<size_t>(num_ranges));
     for (int64_t i = 0; i < num_ranges; ++i) {
       if (file_index[i] < 0 || file_index[i] >= num_paths) throw biodali::Error("file index out of range");
-      ranges[i] = {files[file_index[i]], offsets[i], lengths[i]};
+      ranges[i].file = files[file_index[i]];
+      ranges[i].offset = offsets[i];
+      ranges[i].nbytes = lengths[i];
     }
     io::IoOptions options;
     options.depth = depth;

@@ -24,6 +24,7 @@
 #include <exception>
 #include <string>
 
+#include "capi/guarded.h"
 #include "common/dtype.h"
 #include "common/error.h"
 #include "expression/transforms.h"
@@ -32,26 +33,8 @@
 
 namespace biodali::kapi {
 
-inline void CopyString(const std::string &s, char *out, size_t cap) {
-  if (out == nullptr || cap == 0) return;
-  size_t n = std::min(s.size(), cap - 1);
-  std::memcpy(out, s.data(), n);
-  out[n] = '\0';
-}
-
-// Runs `body`, turning any exception into a nonzero return and a message.
-template <typename F>
-int Guarded(char *err, size_t err_cap, F &&body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception &e) {
-    CopyString(e.what(), err, err_cap);
-  } catch (...) {
-    CopyString("unknown C++ exception", err, err_cap);
-  }
-  return 1;
-}
+using capi::CopyString;
+using capi::Guarded;
 
 inline DType ValueType(const char *name) {
   DType dtype;

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "capi/guarded.h"
 #include "codecs/blosc_codec.h"
 #include "codecs/blosc_lz4_frame.h"
 #include "codecs/buffer.h"
@@ -26,27 +27,8 @@ namespace {
 
 using biodali::zarr::Array;
 
-void CopyString(const std::string &s, char *out, size_t cap) {
-  if (out == nullptr || cap == 0) return;
-  size_t n = std::min(s.size(), cap - 1);
-  std::memcpy(out, s.data(), n);
-  out[n] = '\0';
-}
-
-// Runs `body`, turning any exception into a nonzero return and a message; exceptions must
-// not cross the C boundary.
-template <typename F>
-int Guarded(char *err, size_t err_cap, F &&body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception &e) {
-    CopyString(e.what(), err, err_cap);
-  } catch (...) {
-    CopyString("unknown C++ exception", err, err_cap);
-  }
-  return 1;
-}
+using biodali::capi::CopyString;
+using biodali::capi::Guarded;
 
 // Grid positions of the read chunks the decode-ceiling benchmark decodes: all of the first
 // shard's inner chunks when sharded (a shard is the unit a reader fetches), else the first

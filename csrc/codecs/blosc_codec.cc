@@ -98,6 +98,36 @@ void BloscCodec::DecodeRangeInto(ConstBytes src, size_t decoded_nbytes, size_t b
   if (!aligned) std::memcpy(dst.data(), out + (byte_begin - first_item * typesize), dst.size());
 }
 
+bool BloscCodec::SelectiveSpan(ConstBytes head, size_t byte_begin, size_t byte_end,
+                               size_t *span_begin, size_t *span_end) {
+  constexpr size_t kHeader = 16;
+  if (head.size() < kHeader || byte_begin >= byte_end) return false;
+  auto u32 = [&](size_t at) {
+    uint32_t v;
+    std::memcpy(&v, head.data() + at, sizeof v);  // little endian, as blosc writes it
+    return static_cast<size_t>(v);
+  };
+  const auto flags = static_cast<unsigned>(head[2]);
+  const size_t nbytes = u32(4), blocksize = u32(8), cbytes = u32(12);
+  if ((flags & 0x1) && (flags & 0x4)) return false;  // blosc2 extended header
+  if (nbytes == 0 || blocksize == 0 || byte_end > nbytes) return false;
+  if (flags & 0x2) {  // memcpyed: the bytes follow the header as they are
+    *span_begin = kHeader + byte_begin;
+    *span_end = kHeader + byte_end;
+    return *span_end <= cbytes;
+  }
+  const size_t nblocks = (nbytes + blocksize - 1) / blocksize;
+  const size_t table_end = kHeader + 4 * nblocks;
+  if (table_end > head.size()) return false;
+  const size_t first = byte_begin / blocksize, last = (byte_end - 1) / blocksize;
+  const size_t begin = u32(kHeader + 4 * first);
+  const size_t end = last + 1 < nblocks ? u32(kHeader + 4 * (last + 1)) : cbytes;
+  if (begin < table_end || end < begin || end > cbytes) return false;  // not in block order
+  *span_begin = begin;
+  *span_end = end;
+  return true;
+}
+
 ConstBytes BloscCodec::Decode(ConstBytes src, ScratchBuffer *scratch) const {
   Bytes out = scratch->Get(CheckedDecodedNbytes(src));
   DecodeInto(src, out);

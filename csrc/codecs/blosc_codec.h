@@ -19,6 +19,13 @@ class BloscCodec final : public BytesToBytesCodec {
   void DecodeRangeInto(ConstBytes src, size_t decoded_nbytes, size_t byte_begin,
                        Bytes dst) const;
 
+  // The bytes of a blosc1 frame that decoding [byte_begin, byte_end) reads beyond its header
+  // and block table: [*span_begin, *span_end) (frame offsets), the compressed blocks that hold
+  // the range. `head` is the frame's first bytes; false when they do not tell (too short, an
+  // extended header): then the whole frame is needed. Lets a reader fetch only those bytes.
+  static bool SelectiveSpan(ConstBytes head, size_t byte_begin, size_t byte_end, size_t *span_begin,
+                            size_t *span_end);
+
   // Validates the frame against its length and that it decodes to `decoded_nbytes` bytes.
   static void CheckFrame(ConstBytes src, size_t decoded_nbytes);
   // DecodeInto without biodali's lz4 frame decoder (tests compare the two).

@@ -113,6 +113,19 @@ class ArrayImpl final : public Array {
                                   bool mapped, int64_t element_begin, int64_t num_elements,
                                   codecs::DecodedBytesSink sink) const override;
   bool SupportsPartialDecode() const override { return read_chain_.SupportsPartialDecode(); }
+  bool SupportsSelectiveRead() const override { return read_chain_.SupportsSelectiveRead(); }
+  bool SelectiveSpan(ConstBytes head, int64_t element_begin, int64_t element_end, uint64_t *begin,
+                     uint64_t *end) const override {
+    if (!read_chain_.SupportsSelectiveRead()) return false;
+    const size_t item = DTypeSize(spec_.metadata.dtype);
+    size_t b = 0, e = 0;
+    if (!codecs::BloscCodec::SelectiveSpan(head, static_cast<size_t>(element_begin) * item,
+                                           static_cast<size_t>(element_end) * item, &b, &e))
+      return false;
+    *begin = b;
+    *end = e;
+    return true;
+  }
   bool ReadEncodedReadChunk(std::span<const int64_t> coords,
                             std::vector<std::byte> *encoded) const override;
   void DecodeEncodedReadChunk(std::span<const std::byte> encoded,

@@ -90,6 +90,15 @@ class Array {
                                           int64_t element_begin, int64_t num_elements,
                                           codecs::DecodedBytesSink sink) const = 0;
 
+  // For reading part of a 1-D chunk: when decoding elements [element_begin, element_end)
+  // reads only the frame's header, block table and [*begin, *end) of the stored chunk (bytes ->
+  // blosc chains), true with that span (offsets within the stored chunk), told from the chunk's
+  // first bytes `head` (kSelectiveHeadNbytes of them, or all if fewer). False: all of it.
+  virtual bool SelectiveSpan(codecs::ConstBytes head, int64_t element_begin, int64_t element_end,
+                             uint64_t *begin, uint64_t *end) const = 0;
+  static constexpr uint64_t kSelectiveHeadNbytes = 4096;
+  virtual bool SupportsSelectiveRead() const = 0;
+
   // True when DecodeReadChunkRange does less work than DecodeReadChunk for a part of a chunk:
   // uncompressed chunks (only the range is read) and bytes -> blosc [-> crc32c] chains (only
   // the blosc blocks covering the range are decompressed). Otherwise DecodeReadChunkRange

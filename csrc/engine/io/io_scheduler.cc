@@ -3,6 +3,8 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <limits>
 #include <numeric>
 
@@ -66,7 +68,8 @@ std::unique_ptr<FetchBatch> IoScheduler::Submit(const std::vector<ByteRange> &ra
   for (size_t k = 0; k < order.size(); ++k) {
     const ByteRange &r = ranges[order[k]];
     const uint64_t end = r.offset + r.nbytes;
-    if (k > 0 && ranges[order[k - 1]].file == r.file) {
+    // A range read in part is a request of its own.
+    if (k > 0 && ranges[order[k - 1]].file == r.file && !r.part && !ranges[order[k - 1]].part) {
       Draft &d = drafts.back();
       if (r.offset <= d.end + options_.coalesce_gap_nbytes &&
           std::max(d.end, end) - d.begin <= options_.max_request_nbytes) {
@@ -92,6 +95,10 @@ std::unique_ptr<FetchBatch> IoScheduler::Submit(const std::vector<ByteRange> &ra
     request.file = ranges[d.first_range].file;
     request.offset = d.begin;
     request.nbytes = d.end - d.begin;
+    if (ranges[d.first_range].part) {
+      request.part = ranges[d.first_range].part;
+      request.head_nbytes = ranges[d.first_range].head_nbytes;
+    }
     request_of_draft[draft_order[q]] = static_cast<uint32_t>(q);
   }
   // Requests whose bytes are there already (cached pages) are done now, on this thread: a
@@ -178,14 +185,19 @@ void IoScheduler::WorkerLoop() {
     FetchHold hold;
     ConstBytes bytes;
     bool mapped = false;
+    uint64_t skipped = 0;
     std::exception_ptr error;
     try {
-      bytes = request.file->Fetch(request.offset, request.nbytes, options_.mode, &hold, &mapped);
+      bytes = Fetch(request, &hold, &mapped, &skipped);
     } catch (...) {
       error = std::current_exception();
     }
     FetchHold released;  // freed outside the lock
     lock.lock();
+    if (skipped > 0) {
+      ++stats_.narrowed_requests;
+      stats_.narrowed_nbytes += skipped;
+    }
     request.hold = std::move(hold);
     request.bytes = bytes;
     request.mapped = mapped;
@@ -203,6 +215,35 @@ void IoScheduler::WorkerLoop() {
     released.owner.reset();
     lock.lock();
   }
+}
+
+ConstBytes IoScheduler::Fetch(FetchBatch::Request &request, FetchHold *hold, bool *mapped,
+                              uint64_t *skipped) const {
+  const StoredFile &file = *request.file;
+  static const bool narrow = [] {
+    const char *v = std::getenv("BIODALI_IO_NARROW");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  if (narrow && request.part && options_.mode == FetchMode::kMapResident) {
+    // The head first (one round trip), then only the part it names; the reader gets a view of
+    // the whole range, of which it reads just those pages.
+    FetchHold head_hold, part_hold;
+    bool head_mapped = false;
+    const ConstBytes head = file.Fetch(request.offset, std::min(request.head_nbytes, request.nbytes),
+                                       FetchMode::kMapResident, &head_hold, &head_mapped);
+    uint64_t begin = 0, end = 0;
+    if (request.part(head, &begin, &end) && begin <= end && end <= request.nbytes) {
+      bool part_mapped = false;
+      if (end > begin)
+        file.Fetch(request.offset + begin, end - begin, FetchMode::kMapResident, &part_hold, &part_mapped);
+      const ConstBytes whole = file.Fetch(request.offset, request.nbytes, FetchMode::kMapLazy, hold, mapped);
+      const uint64_t head_end = std::min(request.head_nbytes, request.nbytes);
+      const uint64_t kept = head_end + (end > head_end ? end - std::max(begin, head_end) : 0);
+      *skipped = request.nbytes > kept ? request.nbytes - kept : 0;
+      return whole;
+    }
+  }
+  return file.Fetch(request.offset, request.nbytes, options_.mode, hold, mapped);
 }
 
 ConstBytes FetchBatch::Wait(size_t i, bool *mapped) {

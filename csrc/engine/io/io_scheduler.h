@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -33,6 +34,14 @@ struct ByteRange {
   std::shared_ptr<const StoredFile> file;
   uint64_t offset = 0;
   uint64_t nbytes = 0;
+  // Set when the reader will read only the first head_nbytes and one part of the range, a
+  // part known only from those first bytes (a blosc frame's header and block table names the
+  // blocks a few rows need): part(head, &begin, &end) returns it (offsets within the range;
+  // false: all of it). Mapped modes then bring in only the head and that part (other pages
+  // fault in if a reader touches them after all); read mode reads the whole range. Such a
+  // range is a request of its own (not coalesced).
+  std::function<bool(ConstBytes head, uint64_t *begin, uint64_t *end)> part;
+  uint64_t head_nbytes = 0;
 };
 
 struct IoOptions {
@@ -51,6 +60,8 @@ struct IoStats {
   uint64_t peak_in_flight_nbytes = 0;
   int64_t cancelled_requests = 0;
   int64_t ready_requests = 0;  // handed out at submission, no I/O needed (cached pages)
+  int64_t narrowed_requests = 0;  // read in part (ByteRange::part)
+  uint64_t narrowed_nbytes = 0;   // bytes those did not bring in
 };
 
 class IoScheduler;
@@ -75,6 +86,8 @@ class FetchBatch {
   struct Request {
     std::shared_ptr<const StoredFile> file;
     uint64_t offset = 0, nbytes = 0;
+    std::function<bool(ConstBytes, uint64_t *, uint64_t *)> part;
+    uint64_t head_nbytes = 0;
     uint64_t counted_nbytes = 0;  // in the in-flight count (0 when ready without I/O)
     int pending_ranges = 0;  // ranges not Done yet
     enum State { kQueued, kRunning, kDone, kReleased } state = kQueued;
@@ -116,6 +129,8 @@ class IoScheduler {
   // false. Called with mutex_ held.
   bool NextRequest(FetchBatch **batch, size_t *request);
   void Release(FetchBatch::Request &request);  // mutex_ held
+  // Fetches a request (an I/O thread, no lock held); *skipped: bytes a part left out.
+  ConstBytes Fetch(FetchBatch::Request &request, FetchHold *hold, bool *mapped, uint64_t *skipped) const;
 
   IoOptions options_;
   mutable std::mutex mutex_;
