@@ -164,6 +164,8 @@ class ArrayImpl final : public Array {
                              size_t byte_begin, size_t byte_end, codecs::DecodedBytesSink sink) const;
   // Checks that elements [element_begin, +num_elements) lie in 1-D read chunk chunk_index.
   void CheckChunkRange(int64_t chunk_index, int64_t element_begin, int64_t num_elements) const;
+  // An uncompressed chunk's stored bytes are its elements: Error unless it holds exactly those.
+  void CheckPlainChunkNbytes(const std::string &path, int64_t inner_chunk, uint64_t nbytes) const;
   void Fill(Bytes dst) const;
 
   std::string path_;
@@ -330,11 +332,7 @@ void ArrayImpl::DecodeLocated(const ChunkLocation &loc, size_t byte_begin, Bytes
   if (read_chain_.is_plain()) {
     // Uncompressed: the stored bytes are the elements, so read just the wanted ones straight
     // into dst.
-    if (loc.nbytes != chunk_nbytes) {
-      FailAt(path, loc.inner_chunk >= 0 ? StrCat("inner chunk ", loc.inner_chunk) : "chunk file",
-             " holds ", loc.nbytes, " bytes, expected ", chunk_nbytes,
-             " (truncated or wrong chunk size)");
-    }
+    CheckPlainChunkNbytes(path, loc.inner_chunk, loc.nbytes);
     loc.file->ReadAt(loc.offset + byte_begin, dst);
     read_chain_.FinishInPlace(dst);
     return;
@@ -373,6 +371,13 @@ void ArrayImpl::CheckChunkRange(int64_t chunk_index, int64_t element_begin,
            ") of read chunk ", chunk_index, " are outside the chunk (", chunk_len,
            " elements) or the chunk grid (", read_grid_[0], " chunks)");
   }
+}
+
+void ArrayImpl::CheckPlainChunkNbytes(const std::string &path, int64_t inner_chunk,
+                                      uint64_t nbytes) const {
+  if (nbytes == static_cast<uint64_t>(read_chunk_nbytes_)) return;
+  FailAt(path, inner_chunk >= 0 ? StrCat("inner chunk ", inner_chunk) : "chunk file", " holds ",
+         nbytes, " bytes, expected ", read_chunk_nbytes_, " (truncated or wrong chunk size)");
 }
 
 void ArrayImpl::DecodeReadChunkRange(int64_t chunk_index, int64_t element_begin,
@@ -448,13 +453,9 @@ void ArrayImpl::DecodeFetchedRangeInPieces(int64_t chunk_index, const StoredChun
   const size_t byte_begin = static_cast<size_t>(element_begin) * elem_nbytes;
   const size_t byte_end = byte_begin + static_cast<size_t>(num_elements) * elem_nbytes;
   const std::string &path = chunk.range.file->path();
+  if (mapped) chunk.range.file->BeforeReadingMapped(chunk.range.offset, chunk.range.nbytes);
   if (read_chain_.is_plain()) {
-    if (mapped) chunk.range.file->BeforeReadingMapped(chunk.range.offset, chunk.range.nbytes);
-    if (encoded.size() != chunk_nbytes) {
-      FailAt(path, chunk.inner_chunk >= 0 ? StrCat("inner chunk ", chunk.inner_chunk) : "chunk file",
-             " holds ", encoded.size(), " bytes, expected ", chunk_nbytes,
-             " (truncated or wrong chunk size)");
-    }
+    CheckPlainChunkNbytes(path, chunk.inner_chunk, encoded.size());
     // Copied: finishing (byte order) works in place, and the fetched bytes are read-only.
     Bytes range = Scratch().decoded.Get(byte_end - byte_begin);
     std::memcpy(range.data(), encoded.data() + byte_begin, range.size());
@@ -462,10 +463,7 @@ void ArrayImpl::DecodeFetchedRangeInPieces(int64_t chunk_index, const StoredChun
     sink(byte_begin, range);
     return;
   }
-  if (mapped) {
-    chunk.range.file->BeforeReadingMapped(chunk.range.offset, chunk.range.nbytes);
-    if (byte_begin == 0 && byte_end == chunk_nbytes) io::PopulateRead(encoded);
-  }
+  if (mapped && byte_begin == 0 && byte_end == chunk_nbytes) io::PopulateRead(encoded);
   DecodeEncodedInPieces(path, chunk.inner_chunk, encoded, byte_begin, byte_end, sink);
 }
 

@@ -185,19 +185,14 @@ void IoScheduler::WorkerLoop() {
     FetchHold hold;
     ConstBytes bytes;
     bool mapped = false;
-    uint64_t skipped = 0;
     std::exception_ptr error;
     try {
-      bytes = Fetch(request, &hold, &mapped, &skipped);
+      bytes = Fetch(request, &hold, &mapped);
     } catch (...) {
       error = std::current_exception();
     }
     FetchHold released;  // freed outside the lock
     lock.lock();
-    if (skipped > 0) {
-      ++stats_.narrowed_requests;
-      stats_.narrowed_nbytes += skipped;
-    }
     request.hold = std::move(hold);
     request.bytes = bytes;
     request.mapped = mapped;
@@ -217,8 +212,7 @@ void IoScheduler::WorkerLoop() {
   }
 }
 
-ConstBytes IoScheduler::Fetch(FetchBatch::Request &request, FetchHold *hold, bool *mapped,
-                              uint64_t *skipped) const {
+ConstBytes IoScheduler::Fetch(const FetchBatch::Request &request, FetchHold *hold, bool *mapped) const {
   const StoredFile &file = *request.file;
   static const bool narrow = [] {
     const char *v = std::getenv("BIODALI_IO_NARROW");
@@ -236,11 +230,7 @@ ConstBytes IoScheduler::Fetch(FetchBatch::Request &request, FetchHold *hold, boo
       bool part_mapped = false;
       if (end > begin)
         file.Fetch(request.offset + begin, end - begin, FetchMode::kMapResident, &part_hold, &part_mapped);
-      const ConstBytes whole = file.Fetch(request.offset, request.nbytes, FetchMode::kMapLazy, hold, mapped);
-      const uint64_t head_end = std::min(request.head_nbytes, request.nbytes);
-      const uint64_t kept = head_end + (end > head_end ? end - std::max(begin, head_end) : 0);
-      *skipped = request.nbytes > kept ? request.nbytes - kept : 0;
-      return whole;
+      return file.Fetch(request.offset, request.nbytes, FetchMode::kMapLazy, hold, mapped);
     }
   }
   return file.Fetch(request.offset, request.nbytes, options_.mode, hold, mapped);

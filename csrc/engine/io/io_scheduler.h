@@ -60,8 +60,6 @@ struct IoStats {
   uint64_t peak_in_flight_nbytes = 0;
   int64_t cancelled_requests = 0;
   int64_t ready_requests = 0;  // handed out at submission, no I/O needed (cached pages)
-  int64_t narrowed_requests = 0;  // read in part (ByteRange::part)
-  uint64_t narrowed_nbytes = 0;   // bytes those did not bring in
 };
 
 class IoScheduler;
@@ -129,8 +127,8 @@ class IoScheduler {
   // false. Called with mutex_ held.
   bool NextRequest(FetchBatch **batch, size_t *request);
   void Release(FetchBatch::Request &request);  // mutex_ held
-  // Fetches a request (an I/O thread, no lock held); *skipped: bytes a part left out.
-  ConstBytes Fetch(FetchBatch::Request &request, FetchHold *hold, bool *mapped, uint64_t *skipped) const;
+  // Fetches a request (an I/O thread, no lock held).
+  ConstBytes Fetch(const FetchBatch::Request &request, FetchHold *hold, bool *mapped) const;
 
   IoOptions options_;
   mutable std::mutex mutex_;

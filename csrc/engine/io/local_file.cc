@@ -49,6 +49,31 @@ constexpr size_t kDropAfterNbytes = size_t{32} << 20;
 constexpr uint64_t kMaxFolioNbytes = uint64_t{2} << 20;
 constexpr uint64_t kAdvisePieceNbytes = uint64_t{4} << 20;
 
+// The pages of a mapped range, for mincore.
+struct PageSpan {
+  uintptr_t base;  // the first page's address
+  uint64_t num_pages;
+  PageSpan(const std::byte *data, uint64_t nbytes) {
+    static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    base = reinterpret_cast<uintptr_t>(data) / page * page;
+    num_pages = (reinterpret_cast<uintptr_t>(data) + nbytes - base + page - 1) / page;
+  }
+  // The first page at or after `from` that is not in the page cache: num_pages when there is
+  // none, kUnknown when mincore fails.
+  static constexpr uint64_t kUnknown = UINT64_MAX;
+  uint64_t FirstMissing(uint64_t from) const {
+    static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    thread_local std::vector<unsigned char> resident;
+    resident.resize(num_pages - from);
+    if (::mincore(reinterpret_cast<void *>(base + from * page), (num_pages - from) * page,
+                  resident.data()) != 0)
+      return kUnknown;
+    uint64_t missing = from;
+    while (missing < num_pages && (resident[missing - from] & 1)) ++missing;
+    return missing;
+  }
+};
+
 class MappedPages {
  public:
   void Add(WholeFileMapping *mapping) {
@@ -199,14 +224,8 @@ bool LocalFile::FetchIfReady(uint64_t offset, uint64_t nbytes, FetchMode mode, C
     // One mincore: all pages cached (a warm page cache) -> no I/O to wait for. Pages past the
     // end of a file truncated meanwhile are not cached: such ranges take the I/O path, which
     // reports the truncation.
-    static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page * page;
-    const size_t num_pages = (reinterpret_cast<uintptr_t>(data) + nbytes - begin + page - 1) / page;
-    thread_local std::vector<unsigned char> resident;
-    resident.resize(num_pages);
-    if (::mincore(reinterpret_cast<void *>(begin), num_pages * page, resident.data()) != 0) return false;
-    for (unsigned char r : resident)
-      if (!(r & 1)) return false;
+    const PageSpan pages(data, nbytes);
+    if (pages.FirstMissing(0) != pages.num_pages) return false;
   }
   *bytes = ConstBytes(data, static_cast<size_t>(nbytes));
   *mapped = true;
@@ -255,18 +274,12 @@ void LocalFile::MakeResident(const std::byte *mapped, uint64_t offset, uint64_t 
   // Then wait: mincore tells which pages are not read yet (cached pages cost only this
   // check), and a 1-byte pread of such a page blocks until its read completes (or reads it,
   // if it was evicted meanwhile). Pages are scanned forward once, so this ends.
-  const uintptr_t base = reinterpret_cast<uintptr_t>(mapped) / page * page;
-  const uint64_t base_offset = offset - (reinterpret_cast<uintptr_t>(mapped) - base);
-  const uint64_t num_pages = (reinterpret_cast<uintptr_t>(mapped) + nbytes - base + page - 1) / page;
-  thread_local std::vector<unsigned char> resident;
-  resident.resize(num_pages);
-  for (uint64_t first = 0; first < num_pages;) {
-    if (::mincore(reinterpret_cast<void *>(base + first * page), (num_pages - first) * page,
-                  resident.data()) != 0)
-      return;  // a hint only: decoders fault missing pages in themselves
-    uint64_t missing = first;
-    while (missing < num_pages && (resident[missing - first] & 1)) ++missing;
-    if (missing == num_pages) return;
+  const PageSpan pages(mapped, nbytes);
+  const uint64_t base_offset = offset - (reinterpret_cast<uintptr_t>(mapped) - pages.base);
+  for (uint64_t first = 0; first < pages.num_pages;) {
+    const uint64_t missing = pages.FirstMissing(first);
+    // All there; or mincore failed, and residency is a hint only: decoders fault pages in.
+    if (missing >= pages.num_pages) return;
     std::byte one;
     const uint64_t at = std::max(offset, base_offset + missing * page);
     for (;;) {
